@@ -1,0 +1,25 @@
+#include "gateway/gateway.h"
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "gateway/popen_gateway.h"
+
+namespace dtest::gateway {
+
+std::string default_agent_path() {
+  if (const char* env = std::getenv("DTEST_AGENT"); env && *env) return env;
+  std::error_code ec;
+  const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return "dtest-agent";
+  return (self.parent_path() / "dtest-agent").string();
+}
+
+std::unique_ptr<Gateway> open(const xspec::Spec& spec, const OpenOptions& opts) {
+  const std::string type = spec.type();
+  if (type == "popen") return open_popen(spec, opts);
+  throw GatewayError("gateway type '" + type + "' is not supported yet (spec '" +
+                     spec.original + "'); this build supports popen");
+}
+
+}  // namespace dtest::gateway

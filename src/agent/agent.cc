@@ -1,0 +1,335 @@
+#include "agent/agent.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <fcntl.h>
+#include <iostream>
+#include <memory>
+#include <poll.h>
+#include <sched.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <unordered_set>
+
+#include "agent/gtest_adapter.h"
+#include "agent/gtest_parse.h"
+#include "agent/subprocess.h"
+#include "common/fdio.h"
+#include "common/message.h"
+
+namespace dtest {
+
+namespace {
+
+int g_signal_pipe[2] = {-1, -1};
+
+extern "C" void on_signal(int sig) {
+  const int saved = errno;
+  const char c = static_cast<char>(sig);
+  [[maybe_unused]] auto n = ::write(g_signal_pipe[1], &c, 1);
+  errno = saved;
+}
+
+using Clock = std::chrono::steady_clock;
+
+struct Batch {
+  std::int64_t id = 0;
+  std::string binary;
+  std::vector<std::string> tests;
+  Child child;
+  gtest::RunParser parser;
+  std::string flagfile;
+  Clock::time_point started_at;  // of the current test
+  bool exited = false;
+  int status = 0;
+};
+
+int cpu_count() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
+  const long n = ::sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? static_cast<int>(n) : 1;
+}
+
+nlohmann::json hello_body() {
+  utsname u{};
+  ::uname(&u);
+  std::string os = u.sysname;
+  std::transform(os.begin(), os.end(), os.begin(), [](unsigned char c) { return std::tolower(c); });
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  char cwd[4096] = {};
+  if (!::getcwd(cwd, sizeof cwd)) cwd[0] = '\0';
+  return {{"proto", kProtocolVersion},
+          {"agent_version", DTEST_VERSION},
+          {"os", os},
+          {"os_release", u.release},
+          {"arch", u.machine},
+          {"cpus", cpu_count()},
+          {"hostname", host},
+          {"pid", ::getpid()},
+          {"cwd", cwd},
+          {"caps", {"gtest", "zstd"}}};
+}
+
+class Agent {
+ public:
+  Agent(int in_fd, int out_fd) : in_(in_fd), out_(out_fd) {}
+  int run();
+
+ private:
+  void send(MsgKind k, nlohmann::json body) { write_all(out_, encode_frame(encode_message({k, std::move(body)}))); }
+  void log(const std::string& text) { send(MsgKind::log, {{"message", text}}); }
+  void handle(const Message& m);
+  void start_batch(const Message& m);
+  void read_batch(Batch& b, bool drain);
+  void parse_output(Batch& b, std::string_view bytes);
+  void finish_batch(Batch& b);
+  void reap();
+  void flush_events();
+  void kill_all();
+
+  int in_, out_;
+  FrameDecoder decoder_;
+  std::vector<std::unique_ptr<Batch>> batches_;
+  nlohmann::json pending_ = nlohmann::json::array();  // finished-test events not yet sent
+  std::int64_t pending_batch_ = -1;
+  bool stop_ = false;
+};
+
+void Agent::flush_events() {
+  if (pending_.empty()) return;
+  send(MsgKind::events, {{"batch", pending_batch_}, {"events", std::move(pending_)}});
+  pending_ = nlohmann::json::array();
+  pending_batch_ = -1;
+}
+
+void Agent::parse_output(Batch& b, std::string_view bytes) {
+  std::vector<gtest::TestEvent> evs;
+  b.parser.feed(bytes, evs);
+  for (auto& e : evs) {
+    const auto now = Clock::now();
+    if (e.kind == gtest::TestEvent::Kind::started) {
+      b.started_at = now;
+      continue;
+    }
+    if (pending_batch_ != b.id) flush_events();
+    pending_batch_ = b.id;
+    const double measured = std::chrono::duration<double>(now - b.started_at).count();
+    nlohmann::json j = {{"test", e.name},
+                        {"outcome", to_string(e.outcome)},
+                        {"duration", std::max(measured, e.duration_ms / 1000.0)}};
+    if (!e.output.empty()) j["output"] = std::move(e.output);
+    pending_.push_back(std::move(j));
+  }
+}
+
+void Agent::read_batch(Batch& b, bool drain) {
+  char buf[65536];
+  for (;;) {
+    if (b.child.out_fd < 0) return;
+    const ssize_t n = read_some(b.child.out_fd, buf, sizeof buf);
+    if (n < 0) return;  // EAGAIN: nothing more right now
+    if (n == 0) {
+      ::close(b.child.out_fd);
+      b.child.out_fd = -1;
+      return;
+    }
+    parse_output(b, std::string_view(buf, static_cast<std::size_t>(n)));
+    if (!drain) return;
+  }
+}
+
+void Agent::finish_batch(Batch& b) {
+  read_batch(b, true);  // whatever it wrote before it exited
+  // Anything the test process left behind (daemons holding the pipe) dies
+  // with the batch.
+  kill_group(b.child.pid);
+  if (b.child.out_fd >= 0) {
+    ::close(b.child.out_fd);
+    b.child.out_fd = -1;
+  }
+  const std::string status = describe_wait_status(b.status);
+  std::vector<gtest::TestEvent> evs;
+  std::string crashed;
+  if (!b.parser.current().empty()) crashed = b.parser.current();
+  b.parser.finish(status, evs);
+  for (auto& e : evs) {
+    if (e.kind != gtest::TestEvent::Kind::finished) continue;
+    if (pending_batch_ != b.id) flush_events();
+    pending_batch_ = b.id;
+    const double measured = std::chrono::duration<double>(Clock::now() - b.started_at).count();
+    nlohmann::json j = {{"test", e.name}, {"outcome", to_string(e.outcome)}, {"duration", measured}};
+    if (!e.output.empty()) j["output"] = std::move(e.output);
+    pending_.push_back(std::move(j));
+  }
+  flush_events();
+  std::unordered_set<std::string> done(b.parser.finished().begin(), b.parser.finished().end());
+  nlohmann::json unrun = nlohmann::json::array();
+  for (const auto& t : b.tests)
+    if (!done.count(t) && t != crashed) unrun.push_back(t);
+  nlohmann::json body = {{"batch", b.id}, {"status", status}, {"unrun", std::move(unrun)}};
+  body["exit_code"] = WIFEXITED(b.status) ? WEXITSTATUS(b.status) : -1;
+  if (!crashed.empty()) body["crashed"] = crashed;
+  if (!(WIFEXITED(b.status) && WEXITSTATUS(b.status) == 0) && !b.parser.outside_output().empty())
+    body["outside_output"] = b.parser.outside_output();
+  if (!b.flagfile.empty()) ::unlink(b.flagfile.c_str());
+  send(MsgKind::batch_done, std::move(body));
+}
+
+void Agent::reap() {
+  for (auto& b : batches_) {
+    if (b->exited) continue;
+    int st = 0;
+    const pid_t r = ::waitpid(b->child.pid, &st, WNOHANG);
+    if (r == b->child.pid) {
+      b->exited = true;
+      b->status = st;
+    }
+  }
+  for (auto it = batches_.begin(); it != batches_.end();) {
+    if ((*it)->exited) {
+      finish_batch(**it);
+      it = batches_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void Agent::start_batch(const Message& m) {
+  auto b = std::make_unique<Batch>();
+  b->id = get_int(m, "batch");
+  b->binary = get_string(m, "binary");
+  for (const auto& t : field(m, "tests")) {
+    if (!t.is_string()) throw ProtocolError("run message: 'tests' holds a non-string");
+    b->tests.push_back(t.get<std::string>());
+  }
+  SpawnOptions so;
+  if (auto it = m.body.find("env"); it != m.body.end() && it->is_object())
+    for (const auto& [k, v] : it->items())
+      if (v.is_string()) so.env[k] = v.get<std::string>();
+  try {
+    so.argv = gtest::batch_command(b->binary, b->tests, b->flagfile);
+    b->child = spawn(so);
+  } catch (const std::exception& e) {
+    // Could not start: every test goes back to the master unrun.
+    nlohmann::json unrun = b->tests;
+    send(MsgKind::batch_done, {{"batch", b->id}, {"status", e.what()}, {"exit_code", -1},
+                               {"unrun", std::move(unrun)}, {"spawn_error", e.what()}});
+    if (!b->flagfile.empty()) ::unlink(b->flagfile.c_str());
+    return;
+  }
+  set_nonblocking(b->child.out_fd, true);
+  b->started_at = Clock::now();
+  batches_.push_back(std::move(b));
+}
+
+void Agent::handle(const Message& m) {
+  switch (m.kind) {
+    case MsgKind::collect: {
+      const auto& suite = field(m, "suite");
+      if (!suite.is_object() || suite.value("kind", "") != "gtest")
+        throw ProtocolError("collect message: unsupported suite kind");
+      nlohmann::json bins = nlohmann::json::array();
+      for (const auto& p : suite.at("binaries")) {
+        if (!p.is_string()) throw ProtocolError("collect message: a binary path is not a string");
+        bins.push_back(gtest::collect_binary(p.get<std::string>()));
+      }
+      send(MsgKind::collected, {{"id", get_int(m, "id")}, {"binaries", std::move(bins)}});
+      return;
+    }
+    case MsgKind::run:
+      start_batch(m);
+      return;
+    case MsgKind::shutdown:
+      stop_ = true;
+      return;
+    default:
+      throw ProtocolError("unexpected " + std::string(to_string(m.kind)) + " message from the master");
+  }
+}
+
+void Agent::kill_all() {
+  for (auto& b : batches_) {
+    kill_group(b->child.pid);
+    if (!b->exited) ::waitpid(b->child.pid, nullptr, 0);
+    if (b->child.out_fd >= 0) ::close(b->child.out_fd);
+    if (!b->flagfile.empty()) ::unlink(b->flagfile.c_str());
+  }
+  batches_.clear();
+}
+
+int Agent::run() {
+  if (::pipe2(g_signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) return 3;
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  for (int s : {SIGTERM, SIGINT, SIGHUP, SIGCHLD}) ::sigaction(s, &sa, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  int rc = 0;
+  try {
+    send(MsgKind::hello, hello_body());
+    char buf[65536];
+    while (!stop_) {
+      std::vector<pollfd> fds = {{in_, POLLIN, 0}, {g_signal_pipe[0], POLLIN, 0}};
+      for (auto& b : batches_)
+        if (b->child.out_fd >= 0) fds.push_back({b->child.out_fd, POLLIN, 0});
+      // The timeout is a safety net for reaping; SIGCHLD normally wakes us.
+      const int r = ::poll(fds.data(), fds.size(), batches_.empty() ? -1 : 200);
+      if (r < 0 && errno != EINTR) throw std::runtime_error(std::string("poll: ") + std::strerror(errno));
+      if (r > 0 && fds[1].revents) {
+        char sigs[64];
+        const ssize_t n = ::read(g_signal_pipe[0], sigs, sizeof sigs);
+        for (ssize_t i = 0; i < n; ++i)
+          if (sigs[i] != SIGCHLD) stop_ = true;
+      }
+      if (r > 0) {
+        std::size_t k = 2;
+        for (auto& b : batches_) {
+          if (b->child.out_fd < 0) continue;
+          if (fds[k].revents) read_batch(*b, false);
+          ++k;
+        }
+      }
+      reap();
+      flush_events();
+      if (r > 0 && fds[0].revents) {
+        const ssize_t n = read_some(in_, buf, sizeof buf);
+        if (n == 0) {
+          if (decoder_.buffered() > 0)
+            throw ProtocolError("the master's stream ended inside a frame");
+          break;  // master went away: clean up and exit
+        }
+        if (n > 0) decoder_.feed(std::string_view(buf, static_cast<std::size_t>(n)));
+        while (auto f = decoder_.pop()) handle(decode_message(*f));
+      }
+    }
+  } catch (const ProtocolError& e) {
+    std::cerr << "dtest-agent: protocol error: " << e.what() << "\n";
+    try { log(std::string("protocol error: ") + e.what()); } catch (...) {}
+    rc = 3;
+  } catch (const std::system_error& e) {
+    // Writing to a master that went away (EPIPE): nothing to tell anyone.
+    if (e.code().value() != EPIPE) {
+      std::cerr << "dtest-agent: error: " << e.what() << "\n";
+      rc = 3;
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "dtest-agent: error: " << e.what() << "\n";
+    rc = 3;
+  }
+  kill_all();
+  return rc;
+}
+
+}  // namespace
+
+int run_agent(int in_fd, int out_fd) { return Agent(in_fd, out_fd).run(); }
+
+}  // namespace dtest

@@ -1,0 +1,25 @@
+// GoogleTest adapter, run by the agent on the host where the binaries are.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace dtest::gtest {
+
+// Lists one binary with --gtest_list_tests. Returns
+//   {"path": P, "tests": [{"name", "disabled"?, "type_param"?, "value_param"?}]}
+// or {"path": P, "error": "..."} saying clearly why it could not be listed.
+nlohmann::json collect_binary(const std::string& path, double timeout_s = 120);
+
+// The command line that runs `tests` of `binary` in one process. A filter
+// too long for one argument goes through a --gtest_flagfile written to
+// `flagfile_path` (the caller deletes it afterwards); `flagfile_path` is
+// cleared when no file was needed.
+std::vector<std::string> batch_command(const std::string& binary,
+                                       const std::vector<std::string>& tests,
+                                       std::string& flagfile_path);
+
+}  // namespace dtest::gtest

@@ -1,0 +1,52 @@
+// Messages: a frame kind plus a CBOR-encoded map. See docs/protocol.md for
+// every kind and its fields.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "common/frame.h"
+
+namespace dtest {
+
+inline constexpr int kProtocolVersion = 1;
+
+enum class MsgKind : std::uint8_t {
+  hello = 1,         // agent -> master, first frame: who the agent is
+  collect = 2,       // master -> agent: list the tests of a suite
+  collected = 3,     // agent -> master: the listing (or per-binary errors)
+  run = 4,           // master -> agent: run a batch of tests
+  events = 5,        // agent -> master: results of finished tests
+  batch_done = 6,    // agent -> master: the batch's process has exited
+  log = 7,           // agent -> master: a diagnostic line
+  shutdown = 8,      // master -> agent: kill everything and exit
+};
+
+std::string_view to_string(MsgKind k);
+
+struct Message {
+  MsgKind kind{};
+  nlohmann::json body = nlohmann::json::object();  // always an object
+};
+
+// Encodes as CBOR; payloads over `compress_over` bytes are zstd-compressed
+// when that makes them smaller.
+Frame encode_message(const Message& m, std::size_t compress_over = 4096);
+// Decodes and checks the kind is known and the body is a map. Throws
+// ProtocolError naming the kind and the problem.
+Message decode_message(const Frame& f);
+
+// zstd helpers (also used for bulk payloads).
+std::string zstd_compress(std::string_view in, int level = 3);
+std::string zstd_decompress(std::string_view in, std::size_t max_out);
+
+// Typed accessors that raise ProtocolError instead of a json exception:
+// "run message: field 'batch' missing or not an integer".
+const nlohmann::json& field(const Message& m, const char* name);
+std::string get_string(const Message& m, const char* name);
+std::int64_t get_int(const Message& m, const char* name);
+
+}  // namespace dtest

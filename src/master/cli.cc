@@ -1,0 +1,180 @@
+#include "master/cli.h"
+
+#include <csignal>
+#include <filesystem>
+#include <random>
+#include <sched.h>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "gateway/gateway.h"
+#include "master/session.h"
+#include "xspec/xspec.h"
+
+namespace dtest {
+
+namespace {
+
+extern "C" void on_interrupt(int sig) {
+  if (g_interrupt_signal.exchange(sig) != 0) {
+    // Second Ctrl-C: stop now. Agents get SIGTERM through PDEATHSIG and
+    // still kill their tests.
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+  }
+}
+
+int cpu_count() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
+  const unsigned n = std::thread::hardware_concurrency();
+  return n ? static_cast<int>(n) : 1;
+}
+
+std::string random_uid() {
+  std::random_device rd;
+  return fmt::format("{:08x}{:08x}{:08x}{:08x}", rd(), rd(), rd(), rd());
+}
+
+int cmd_spec(const std::vector<std::string>& specs, std::ostream& out, std::ostream& err) {
+  std::vector<std::string> errors;
+  auto parsed = xspec::parse_all(specs, errors);
+  for (const auto& e : errors) err << "dtest: error: " << e << "\n";
+  if (!errors.empty()) return kExitUsageError;
+  nlohmann::json arr = nlohmann::json::array();
+  for (const auto& s : parsed) arr.push_back(xspec::to_json(s));
+  out << arr.dump(2) << "\n";
+  return kExitOk;
+}
+
+}  // namespace
+
+int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
+  CLI::App app{"dtest: run test suites across local workers and remote hosts", "dtest"};
+  app.set_version_flag("--version", std::string("dtest ") + DTEST_VERSION);
+  std::vector<std::string> binaries;
+  std::string numprocesses;
+  std::vector<std::string> tx;
+  std::string dist;
+  int quiet = 0, verbose = 0;
+  std::string junitxml;
+  bool continue_on_errors = false;
+  double hello_timeout = 30;
+
+  app.add_option("binaries", binaries, "GoogleTest binaries to run");
+  app.add_option("-n,--numprocesses", numprocesses, "number of local workers, or 'auto' (one per CPU); means --tx N*popen");
+  app.add_option("--tx", tx, "gateway xspec, repeatable: popen, 3*popen//chdir=/tmp/w, ...");
+  app.add_option("--dist", dist, "load (default with workers), each (whole suite on every gateway), no (serial)")
+      ->check(CLI::IsMember({"load", "each", "no"}));
+  app.add_flag("-q,--quiet", quiet, "less output");
+  app.add_flag("-v,--verbose", verbose, "one line per test");
+  app.add_option("--junitxml", junitxml, "write a JUnit XML report to PATH");
+  app.add_flag("--continue-on-collection-errors", continue_on_errors,
+               "run the tests that were collected even if some binaries failed to list");
+  app.add_option("--gateway-timeout", hello_timeout, "seconds for a gateway's agent to say hello (default 30)");
+
+  auto* spec_cmd = app.add_subcommand("spec", "parse xspecs and print them as JSON");
+  std::vector<std::string> spec_args;
+  spec_cmd->add_option("specs", spec_args, "xspecs")->required();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    out << app.help();
+    return kExitOk;
+  } catch (const CLI::CallForVersion&) {
+    out << "dtest " << DTEST_VERSION << "\n";
+    return kExitOk;
+  } catch (const CLI::ParseError& e) {
+    err << "dtest: error: " << e.what() << "\n";
+    return kExitUsageError;
+  }
+  if (*spec_cmd) return cmd_spec(spec_args, out, err);
+
+  std::vector<std::string> errors;
+  std::vector<std::string> spec_texts;
+  if (!numprocesses.empty()) {
+    int n = 0;
+    if (numprocesses == "auto") {
+      n = cpu_count();
+    } else {
+      try {
+        std::size_t used = 0;
+        n = std::stoi(numprocesses, &used);
+        if (used != numprocesses.size() || n < 0) throw std::invalid_argument("");
+      } catch (const std::exception&) {
+        errors.push_back("-n expects a number or 'auto', got '" + numprocesses + "'");
+      }
+    }
+    if (n == 0 && errors.empty()) {
+      if (dist.empty()) dist = "no";
+      n = 1;
+    }
+    if (n > 0) spec_texts.push_back(fmt::format("{}*popen", n));
+  }
+  spec_texts.insert(spec_texts.end(), tx.begin(), tx.end());
+  if (spec_texts.empty()) {
+    spec_texts.push_back("popen");
+    if (dist.empty()) dist = "no";
+  }
+  if (dist.empty()) dist = "load";
+  std::vector<std::string> spec_errors;
+  auto specs = xspec::parse_all(spec_texts, spec_errors);
+  errors.insert(errors.end(), spec_errors.begin(), spec_errors.end());
+
+  RunOptions opts;
+  namespace fs = std::filesystem;
+  if (binaries.empty()) errors.push_back("no test binaries given (usage: dtest [options] BINARY...)");
+  for (const auto& b : binaries) {
+    std::error_code ec;
+    const fs::path p = fs::absolute(b, ec).lexically_normal();
+    if (!fs::exists(p, ec)) {
+      errors.push_back("no such file: " + b);
+      continue;
+    }
+    opts.binaries.push_back(b);
+    opts.binary_paths.push_back(p.string());
+  }
+  if (!errors.empty()) {
+    for (const auto& e : errors) err << "dtest: error: " << e << "\n";
+    return kExitUsageError;
+  }
+
+  opts.specs = std::move(specs);
+  opts.dist = dist;
+  opts.verbosity = verbose > 0 ? 1 : (quiet > 0 ? -1 : 0);
+  opts.junitxml = junitxml;
+  opts.rootdir = fs::current_path().string();
+  opts.testrunuid = random_uid();
+  opts.continue_on_collection_errors = continue_on_errors;
+  opts.hello_timeout = hello_timeout;
+
+  gateway::OpenOptions gopts;
+  gopts.default_agent = gateway::default_agent_path();
+  auto factory = [gopts](const xspec::Spec& s, const std::string&) { return gateway::open(s, gopts); };
+
+  g_interrupt_signal = 0;
+  struct sigaction sa {};
+  sa.sa_handler = on_interrupt;
+  sigemptyset(&sa.sa_mask);
+  struct sigaction old_int {}, old_term {};
+  ::sigaction(SIGINT, &sa, &old_int);
+  ::sigaction(SIGTERM, &sa, &old_term);
+  std::signal(SIGPIPE, SIG_IGN);
+  int code = kExitInternalError;
+  try {
+    Session session(std::move(opts), factory, out);
+    code = session.run();
+  } catch (const std::exception& e) {
+    err << "dtest: error: internal: " << e.what() << "\n";
+    code = kExitInternalError;
+  }
+  ::sigaction(SIGINT, &old_int, nullptr);
+  ::sigaction(SIGTERM, &old_term, nullptr);
+  return code;
+}
+
+}  // namespace dtest

@@ -1,0 +1,53 @@
+// What the master knows about tests, gateways and results.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/outcome.h"
+
+namespace dtest {
+
+struct TestCase {
+  std::string binary;  // as the user named it (display, JUnit)
+  std::string name;    // GoogleTest full name, "Suite.Name"
+  bool disabled = false;
+  std::string type_param, value_param;
+  std::string id() const { return binary + "::" + name; }
+  // "Suite" of "Suite.Name", "Inst/Suite" of "Inst/Suite.Name/0".
+  std::string suite() const { return name.substr(0, name.find('.')); }
+  std::string short_name() const {
+    const auto dot = name.find('.');
+    return dot == std::string::npos ? name : name.substr(dot + 1);
+  }
+};
+
+struct TestResult {
+  Outcome outcome = Outcome::not_run;
+  double duration = 0;   // seconds
+  std::string output;    // what the test printed
+  std::string message;   // short reason: "signal 11 (SIGSEGV)", "disabled", ...
+  std::string worker;    // gw0
+  std::string gateway;   // the spec, e.g. "popen"
+};
+
+struct GatewayInfo {
+  std::string id;        // gw0
+  std::string spec;      // original xspec
+  nlohmann::json hello;  // the agent's hello, once received
+  bool up = false;
+  bool lost = false;
+  std::string error;     // why it failed or was lost
+};
+
+// One result table: the whole run under load/no, one per gateway under each.
+struct Unit {
+  std::string name;  // "" for load; the gateway id under each
+  std::vector<TestCase> tests;
+  std::vector<std::optional<TestResult>> results;  // parallel to tests
+};
+
+}  // namespace dtest

@@ -1,0 +1,141 @@
+#include "master/scheduler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <unordered_set>
+
+namespace dtest {
+
+Scheduler::Scheduler(std::vector<int> group_of, const std::vector<int>& order, int workers)
+    : group_of_(std::move(group_of)), attempts_(group_of_.size(), 0), workers_(workers > 0 ? workers : 1) {
+  int groups = 0;
+  for (int g : group_of_) groups = std::max(groups, g + 1);
+  queues_.resize(static_cast<std::size_t>(groups));
+  stats_.resize(static_cast<std::size_t>(groups));
+  for (int t : order) {
+    auto& q = queues_[static_cast<std::size_t>(group_of_[static_cast<std::size_t>(t)])];
+    if (q.empty()) group_order_.push_back(group_of_[static_cast<std::size_t>(t)]);
+    q.push_back(t);
+    ++remaining_;
+  }
+}
+
+std::size_t Scheduler::batch_size_for(int group) const {
+  const double rem = static_cast<double>(remaining_);
+  const double w = static_cast<double>(workers_);
+  double size = std::ceil(rem / (3 * w));
+  const auto& st = stats_[static_cast<std::size_t>(group)];
+  if (st.count > 0) {
+    const double mean = std::max(st.seconds / st.count, 1e-6);
+    size = std::max(size, std::ceil(kMinBatchSeconds / mean));
+  }
+  size = std::min(size, std::ceil(rem / w));
+  return static_cast<std::size_t>(std::max(size, 1.0));
+}
+
+std::optional<Batch> Scheduler::next(int worker) {
+  while (!group_order_.empty() && queues_[static_cast<std::size_t>(group_order_.front())].empty())
+    group_order_.pop_front();
+  if (group_order_.empty()) return std::nullopt;
+  const int g = group_order_.front();
+  auto& q = queues_[static_cast<std::size_t>(g)];
+  const std::size_t n = std::min(batch_size_for(g), q.size());
+  Batch b;
+  b.id = next_id_++;
+  b.worker = worker;
+  b.group = g;
+  b.tests.assign(q.begin(), q.begin() + static_cast<std::ptrdiff_t>(n));
+  q.erase(q.begin(), q.begin() + static_cast<std::ptrdiff_t>(n));
+  remaining_ -= n;
+  inflight_left_[b.id] = b.tests;
+  inflight_[b.id] = b;
+  return b;
+}
+
+void Scheduler::finished(std::int64_t batch, int test, double seconds) {
+  auto it = inflight_left_.find(batch);
+  if (it == inflight_left_.end()) return;
+  auto& left = it->second;
+  auto pos = std::find(left.begin(), left.end(), test);
+  if (pos == left.end()) return;
+  left.erase(pos);
+  auto& st = stats_[static_cast<std::size_t>(group_of_[static_cast<std::size_t>(test)])];
+  st.seconds += seconds;
+  ++st.count;
+}
+
+void Scheduler::requeue_front(const std::vector<int>& tests) {
+  // Preserve their relative order at the front of each group's queue, and
+  // put their groups first so they run next.
+  for (auto it = tests.rbegin(); it != tests.rend(); ++it) {
+    const int g = group_of_[static_cast<std::size_t>(*it)];
+    queues_[static_cast<std::size_t>(g)].push_front(*it);
+    ++remaining_;
+  }
+  std::vector<int> seen;
+  for (auto it = tests.rbegin(); it != tests.rend(); ++it) {
+    const int g = group_of_[static_cast<std::size_t>(*it)];
+    if (std::find(seen.begin(), seen.end(), g) == seen.end()) {
+      seen.push_back(g);
+      group_order_.push_front(g);
+    }
+  }
+}
+
+std::vector<int> Scheduler::batch_done(std::int64_t batch, const std::vector<int>& unrun) {
+  std::vector<int> give_up;
+  auto it = inflight_left_.find(batch);
+  if (it == inflight_left_.end()) return give_up;
+  const std::unordered_set<int> pending(it->second.begin(), it->second.end());
+  std::vector<int> again;
+  for (int t : unrun) {
+    if (!pending.count(t)) continue;  // not part of this batch, or has an outcome
+    if (++attempts_[static_cast<std::size_t>(t)] >= kMaxAttempts)
+      give_up.push_back(t);
+    else
+      again.push_back(t);
+  }
+  // Tests the agent neither reported nor listed as unrun are a protocol
+  // slip; treat them as unrun too so none is lost.
+  const std::unordered_set<int> listed(unrun.begin(), unrun.end());
+  for (int t : it->second)
+    if (!listed.count(t)) {
+      if (++attempts_[static_cast<std::size_t>(t)] >= kMaxAttempts)
+        give_up.push_back(t);
+      else
+        again.push_back(t);
+    }
+  inflight_left_.erase(it);
+  inflight_.erase(batch);
+  requeue_front(again);
+  return give_up;
+}
+
+void Scheduler::worker_lost(int worker) {
+  std::vector<int> again;
+  for (auto it = inflight_.begin(); it != inflight_.end();) {
+    if (it->second.worker == worker) {
+      const auto& left = inflight_left_[it->first];
+      again.insert(again.end(), left.begin(), left.end());
+      inflight_left_.erase(it->first);
+      it = inflight_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  requeue_front(again);
+}
+
+std::vector<int> Scheduler::drain() {
+  std::vector<int> out;
+  for (int g : group_order_) {
+    auto& q = queues_[static_cast<std::size_t>(g)];
+    out.insert(out.end(), q.begin(), q.end());
+    q.clear();
+  }
+  group_order_.clear();
+  remaining_ = 0;
+  return out;
+}
+
+}  // namespace dtest

@@ -1,0 +1,75 @@
+// The scheduler: a queue of test indices that workers pull batches from.
+// Pure logic with no I/O, so it is unit-tested against a simulated clock and
+// driven in production by the session.
+//
+// Batches hold tests of one group (one gtest binary: one process runs them).
+// Sizing: a batch is a slice of what is left, (remaining / (3 * workers)),
+// so batches shrink as the queue drains and the tail stays short, but never
+// less than what amortises a process start (kMinBatchSeconds of the group's
+// mean observed test duration), and never more than a fair share
+// (remaining / workers).
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace dtest {
+
+struct Batch {
+  std::int64_t id = 0;
+  int worker = -1;
+  int group = -1;
+  std::vector<int> tests;  // indices into the session's test table
+};
+
+class Scheduler {
+ public:
+  static constexpr double kMinBatchSeconds = 0.25;
+  static constexpr int kMaxAttempts = 3;  // times a test may come back unrun
+
+  // `group_of[t]` is test t's group; `order` lists the tests to run, first
+  // first. `workers` is how many workers will pull (for sizing).
+  Scheduler(std::vector<int> group_of, const std::vector<int>& order, int workers);
+
+  void set_workers(int n) { workers_ = n > 0 ? n : 1; }
+  // The next batch for `worker`, or nullopt when the queue is empty.
+  std::optional<Batch> next(int worker);
+  // A test of an in-flight batch got its outcome; `seconds` feeds sizing.
+  void finished(std::int64_t batch, int test, double seconds);
+  // The batch's process is gone; `unrun` tests go back to the front of the
+  // queue unless they have come back kMaxAttempts times: those are returned
+  // (the caller reports them not run).
+  std::vector<int> batch_done(std::int64_t batch, const std::vector<int>& unrun);
+  // The worker's connection is lost: its in-flight tests are requeued.
+  void worker_lost(int worker);
+  // Stop handing out work; returns every queued test (not in flight).
+  std::vector<int> drain();
+
+  bool idle() const { return inflight_.empty(); }
+  bool empty() const { return remaining_ == 0; }
+  std::size_t remaining() const { return remaining_; }
+  std::size_t batch_size_for(int group) const;
+
+ private:
+  struct GroupStats {
+    double seconds = 0;
+    int count = 0;
+  };
+  std::vector<int> group_of_;
+  std::vector<std::deque<int>> queues_;  // per group, in order
+  std::deque<int> group_order_;          // groups with queued tests, by first test
+  std::map<std::int64_t, Batch> inflight_;
+  std::map<std::int64_t, std::vector<int>> inflight_left_;  // tests without outcome yet
+  std::vector<GroupStats> stats_;
+  std::vector<int> attempts_;
+  std::size_t remaining_ = 0;
+  std::int64_t next_id_ = 1;
+  int workers_;
+  void requeue_front(const std::vector<int>& tests);
+};
+
+}  // namespace dtest

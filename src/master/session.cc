@@ -1,0 +1,733 @@
+#include "master/session.h"
+
+#include <chrono>
+#include <csignal>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <unistd.h>
+#include <unordered_map>
+
+#include <fmt/format.h>
+
+#include "common/message.h"
+#include "master/junit_reporter.h"
+#include "master/scheduler.h"
+#include "master/terminal_reporter.h"
+
+namespace dtest {
+
+std::atomic<int> g_interrupt_signal{0};
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Event {
+  enum class Kind { opened, message, closed, failed };
+  Event(int s, Kind k, std::string err = {}) : slot(s), kind(k), error(std::move(err)) {}
+  Event(int s, Message m) : slot(s), kind(Kind::message), msg(std::move(m)) {}
+  int slot;
+  Kind kind;
+  Message msg;
+  std::string error;
+};
+
+class EventQueue {
+ public:
+  void push(Event e) {
+    {
+      std::lock_guard lock(mu_);
+      q_.push_back(std::move(e));
+    }
+    cv_.notify_one();
+  }
+  std::optional<Event> pop(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mu_);
+    if (!cv_.wait_for(lock, timeout, [&] { return !q_.empty(); })) return std::nullopt;
+    Event e = std::move(q_.front());
+    q_.pop_front();
+    return e;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Event> q_;
+};
+
+enum class SlotState { opening, awaiting_hello, ready, dead };
+
+struct Slot {
+  GatewayInfo info;
+  xspec::Spec spec;
+  std::string group_key;  // gateways with equal keys collect once
+  std::unique_ptr<gateway::Gateway> gw;
+  std::mutex gw_mu;       // guards `gw` while the reader thread installs it
+  std::thread reader;
+  SlotState state = SlotState::opening;
+  Clock::time_point started;
+  std::int64_t batch = 0;  // session batch id in flight, 0 if idle
+  int unit = -1;
+};
+
+struct CollectGroup {
+  std::string key;
+  std::vector<int> slots;
+  int asked = -1;  // slot asked to collect
+  bool done = false;
+  bool failed = false;
+  std::vector<TestCase> tests;
+  std::vector<std::string> errors;
+};
+
+struct UnitState {
+  std::unique_ptr<Scheduler> sched;
+  std::vector<int> workers;
+  std::vector<std::string> paths;  // per binary index: path sent to agents
+  std::vector<int> binary_of;      // per test
+};
+
+struct InFlight {
+  int unit = -1;
+  int slot = -1;
+  std::int64_t sched_batch = 0;
+  std::unordered_map<std::string, int> index;  // test name -> test index
+};
+
+std::string group_key_of(const xspec::Spec& s) {
+  std::string key;
+  for (const auto& it : s.items) {
+    if (it.key == "id") continue;
+    key += it.key;
+    if (it.value) key += "=" + *it.value;
+    key += "//";
+  }
+  return key;
+}
+
+}  // namespace
+
+struct Session::Impl {
+  RunOptions opts;
+  GatewayFactory factory;
+  TerminalReporter reporter;
+  EventQueue events;
+  std::vector<std::unique_ptr<Slot>> slots;
+  std::vector<GatewayInfo> infos;
+  std::vector<CollectGroup> groups;
+  std::vector<Unit> units;
+  std::vector<UnitState> ustate;
+  std::map<std::int64_t, InFlight> inflight;
+  std::int64_t next_batch = 1;
+  std::vector<std::string> run_errors;  // problems outside any test
+  bool collecting = true;
+  bool interrupted = false;
+  std::string interrupt_reason;
+  Clock::time_point t0 = Clock::now();
+
+  Impl(RunOptions o, GatewayFactory f, std::ostream& out)
+      : opts(std::move(o)), factory(std::move(f)), reporter(out, opts.verbosity) {}
+
+  void start_slots();
+  void reader_main(int i);
+  void handle(Event& e);
+  void on_message(int i, const Message& m);
+  void on_hello(int i, const Message& m);
+  void on_collected(int i, const Message& m);
+  void on_events(int i, const Message& m);
+  void on_batch_done(int i, const Message& m);
+  void slot_down(int i, const std::string& why, bool failed);
+  void ask_collect(CollectGroup& g);
+  bool collection_settled() const;
+  int start_run();
+  void dispatch();
+  void record(int unit, int test, TestResult r);
+  void settle_orphans();
+  bool run_finished() const;
+  void interrupt(const std::string& why);
+  void shutdown();
+  int finish(int forced_code);
+  void send(int i, MsgKind k, nlohmann::json body);
+};
+
+void Session::Impl::send(int i, MsgKind k, nlohmann::json body) {
+  auto& s = *slots[static_cast<std::size_t>(i)];
+  try {
+    s.gw->send(encode_message({k, std::move(body)}));
+  } catch (const std::exception& e) {
+    slot_down(i, std::string("send failed: ") + e.what(), false);
+  }
+}
+
+void Session::Impl::start_slots() {
+  int n = 0;
+  for (const auto& spec : opts.specs) {
+    const auto id = spec.get("id");
+    for (int k = 0; k < spec.count; ++k) {
+      auto s = std::make_unique<Slot>();
+      s->info.id = id ? (spec.count > 1 ? fmt::format("{}-{}", *id, k) : *id) : fmt::format("gw{}", n);
+      s->info.spec = spec.original;
+      s->spec = spec;
+      s->group_key = group_key_of(spec);
+      s->started = Clock::now();
+      slots.push_back(std::move(s));
+      ++n;
+    }
+  }
+  // Collection groups, in order of first appearance.
+  for (std::size_t i = 0; i < slots.size(); ++i) {
+    auto it = std::find_if(groups.begin(), groups.end(),
+                           [&](const CollectGroup& g) { return g.key == slots[i]->group_key; });
+    if (it == groups.end()) {
+      groups.push_back({slots[i]->group_key, {}, -1, false, false, {}, {}});
+      it = groups.end() - 1;
+    }
+    it->slots.push_back(static_cast<int>(i));
+  }
+  for (std::size_t i = 0; i < slots.size(); ++i)
+    slots[i]->reader = std::thread([this, i] { reader_main(static_cast<int>(i)); });
+}
+
+void Session::Impl::reader_main(int i) {
+  auto& s = *slots[static_cast<std::size_t>(i)];
+  gateway::Gateway* gw = nullptr;
+  try {
+    auto g = factory(s.spec, s.info.id);
+    {
+      std::lock_guard lock(s.gw_mu);
+      s.gw = std::move(g);
+      gw = s.gw.get();
+    }
+    events.push(Event(i, Event::Kind::opened));
+    while (auto f = gw->receive()) events.push(Event(i, decode_message(*f)));
+    events.push(Event(i, Event::Kind::closed, "the agent closed the connection"));
+  } catch (const ProtocolError& e) {
+    std::string why = std::string("garbage from the agent (its stdout must carry only frames): ") + e.what();
+    if (gw) {
+      gw->terminate();
+      const std::string diag = gw->diagnostics();
+      if (!diag.empty()) why += "\nagent stderr:\n" + diag;
+    }
+    events.push(Event(i, Event::Kind::failed, why));
+  } catch (const std::exception& e) {
+    events.push(Event(i, Event::Kind::failed, e.what()));
+  }
+}
+
+void Session::Impl::slot_down(int i, const std::string& why, bool failed) {
+  auto& s = *slots[static_cast<std::size_t>(i)];
+  if (s.state == SlotState::dead) return;
+  const bool was_up = s.state == SlotState::ready;
+  s.state = SlotState::dead;
+  s.info.error = why;
+  {
+    std::lock_guard lock(s.gw_mu);
+    if (s.gw) {
+      s.gw->terminate();
+      const std::string diag = s.gw->diagnostics();
+      if (!diag.empty() && why.find("agent stderr:") == std::string::npos)
+        s.info.error += "\nagent stderr:\n" + diag;
+    }
+  }
+  std::size_t requeued = 0;
+  if (s.batch) {
+    auto it = inflight.find(s.batch);
+    if (it != inflight.end()) {
+      auto& us = ustate[static_cast<std::size_t>(it->second.unit)];
+      const std::size_t before = us.sched->remaining();
+      us.sched->worker_lost(i);
+      requeued = us.sched->remaining() - before;
+      inflight.erase(it);
+    }
+    s.batch = 0;
+  }
+  if (was_up && !collecting) {
+    s.info.lost = true;
+    reporter.gateway_lost(s.info, requeued);
+  } else {
+    reporter.gateway_failed(s.info);
+  }
+  (void)failed;
+  // A collecting gateway that dies hands the job to another of its group.
+  for (auto& g : groups)
+    if (g.asked == i && !g.done) {
+      g.asked = -1;
+      ask_collect(g);
+    }
+}
+
+void Session::Impl::handle(Event& e) {
+  auto& s = *slots[static_cast<std::size_t>(e.slot)];
+  switch (e.kind) {
+    case Event::Kind::opened:
+      if (s.state == SlotState::opening) s.state = SlotState::awaiting_hello;
+      return;
+    case Event::Kind::message:
+      if (s.state == SlotState::dead) return;
+      try {
+        on_message(e.slot, e.msg);
+      } catch (const ProtocolError& err) {
+        slot_down(e.slot, std::string("protocol error: ") + err.what(), true);
+      }
+      return;
+    case Event::Kind::closed:
+    case Event::Kind::failed:
+      slot_down(e.slot, e.error, e.kind == Event::Kind::failed);
+      return;
+  }
+}
+
+void Session::Impl::on_message(int i, const Message& m) {
+  auto& s = *slots[static_cast<std::size_t>(i)];
+  if (s.state == SlotState::awaiting_hello && m.kind != MsgKind::hello)
+    throw ProtocolError("expected a hello first, got " + std::string(to_string(m.kind)));
+  switch (m.kind) {
+    case MsgKind::hello: return on_hello(i, m);
+    case MsgKind::collected: return on_collected(i, m);
+    case MsgKind::events: return on_events(i, m);
+    case MsgKind::batch_done: return on_batch_done(i, m);
+    case MsgKind::log:
+      reporter.warning(fmt::format("[{}] agent: {}", s.info.id, m.body.value("message", "")));
+      return;
+    default:
+      throw ProtocolError("unexpected " + std::string(to_string(m.kind)) + " message from the agent");
+  }
+}
+
+void Session::Impl::on_hello(int i, const Message& m) {
+  auto& s = *slots[static_cast<std::size_t>(i)];
+  if (s.state != SlotState::awaiting_hello) throw ProtocolError("a second hello");
+  const auto proto = get_int(m, "proto");
+  if (proto != kProtocolVersion)
+    throw ProtocolError(fmt::format("agent speaks protocol {}, this dtest speaks {} (agent version {})", proto,
+                                    kProtocolVersion, m.body.value("agent_version", "?")));
+  s.info.hello = m.body;
+  s.info.up = true;
+  s.state = SlotState::ready;
+  reporter.gateway_up(s.info);
+  for (auto& g : groups)
+    if (!g.done && g.asked < 0 && std::find(g.slots.begin(), g.slots.end(), i) != g.slots.end())
+      ask_collect(g);
+  if (!collecting) {
+    // A late gateway joins the run under load.
+    if (opts.dist == "load" && !units.empty()) {
+      s.unit = 0;
+      ustate[0].workers.push_back(i);
+    }
+  }
+}
+
+void Session::Impl::ask_collect(CollectGroup& g) {
+  for (int i : g.slots) {
+    if (slots[static_cast<std::size_t>(i)]->state != SlotState::ready) continue;
+    g.asked = i;
+    nlohmann::json bins = opts.binary_paths;
+    send(i, MsgKind::collect, {{"id", 1}, {"suite", {{"kind", "gtest"}, {"binaries", bins}}}});
+    return;
+  }
+  // Nobody of the group is up (yet): if all are dead the group failed.
+  bool any_alive = false;
+  for (int i : g.slots) any_alive |= slots[static_cast<std::size_t>(i)]->state != SlotState::dead;
+  if (!any_alive) g.failed = true;
+}
+
+void Session::Impl::on_collected(int i, const Message& m) {
+  auto it = std::find_if(groups.begin(), groups.end(), [&](const CollectGroup& g) { return g.asked == i; });
+  if (it == groups.end() || it->done) throw ProtocolError("an unrequested collected message");
+  const auto& bins = field(m, "binaries");
+  if (!bins.is_array() || bins.size() != opts.binaries.size())
+    throw ProtocolError("collected message: expected one entry per binary");
+  std::vector<TestCase> tests;
+  std::vector<std::string> errors;
+  for (std::size_t b = 0; b < bins.size(); ++b) {
+    const auto& entry = bins[b];
+    if (!entry.is_object()) throw ProtocolError("collected message: an entry is not a map");
+    if (auto e = entry.find("error"); e != entry.end()) {
+      errors.push_back(e->is_string() ? e->get<std::string>() : "unknown error");
+      continue;
+    }
+    const auto t = entry.find("tests");
+    if (t == entry.end() || !t->is_array()) throw ProtocolError("collected message: 'tests' missing");
+    for (const auto& j : *t) {
+      if (!j.is_object() || !j.contains("name") || !j["name"].is_string())
+        throw ProtocolError("collected message: a test without a name");
+      TestCase tc;
+      tc.binary = opts.binaries[b];
+      tc.name = j["name"].get<std::string>();
+      tc.disabled = j.value("disabled", false);
+      tc.type_param = j.value("type_param", "");
+      tc.value_param = j.value("value_param", "");
+      tests.push_back(std::move(tc));
+    }
+  }
+  it->tests = std::move(tests);
+  it->errors = std::move(errors);
+  it->done = true;
+}
+
+bool Session::Impl::collection_settled() const {
+  for (const auto& g : groups)
+    if (!g.done && !g.failed) return false;
+  return true;
+}
+
+void Session::Impl::record(int unit, int test, TestResult r) {
+  auto& u = units[static_cast<std::size_t>(unit)];
+  auto& slot = u.results[static_cast<std::size_t>(test)];
+  if (slot) return;  // already has its one outcome
+  slot = std::move(r);
+  reporter.result(u, u.tests[static_cast<std::size_t>(test)], *slot);
+}
+
+// Returns an exit code if the run cannot start, else -1.
+int Session::Impl::start_run() {
+  collecting = false;
+  std::vector<std::string> errors;
+  const CollectGroup* first = nullptr;
+  for (const auto& g : groups) {
+    if (!g.done) continue;
+    for (const auto& e : g.errors)
+      if (std::find(errors.begin(), errors.end(), e) == errors.end()) errors.push_back(e);
+    if (!first) first = &g;
+  }
+  if (!first) {
+    reporter.warning("no gateway came up; nothing was run");
+    return kExitInternalError;
+  }
+  if (!errors.empty()) {
+    reporter.collection_errors(errors);
+    if (!opts.continue_on_collection_errors) {
+      interrupted = true;
+      interrupt_reason = fmt::format("{} error{} during collection", errors.size(), errors.size() == 1 ? "" : "s");
+      return kExitInterrupted;
+    }
+  }
+  if (opts.dist != "each") {
+    // Every platform must have collected the same tests (pytest-xdist's
+    // "Different tests were collected between gw0 and gw1").
+    for (const auto& g : groups) {
+      if (!g.done || &g == first) continue;
+      std::size_t k = 0;
+      while (k < g.tests.size() && k < first->tests.size() && g.tests[k].id() == first->tests[k].id()) ++k;
+      if (k == g.tests.size() && k == first->tests.size()) continue;
+      std::string msg = fmt::format("Different tests were collected between {} and {}:",
+                                    slots[static_cast<std::size_t>(first->slots[0])]->info.id,
+                                    slots[static_cast<std::size_t>(g.slots[0])]->info.id);
+      msg += fmt::format("\n  first difference at #{}: {} vs {}", k,
+                         k < first->tests.size() ? first->tests[k].id() : "(end)",
+                         k < g.tests.size() ? g.tests[k].id() : "(end)");
+      reporter.collection_errors({msg});
+      interrupted = true;
+      interrupt_reason = "collections differ";
+      return kExitInterrupted;
+    }
+  }
+
+  auto make_unit = [&](const std::string& name, const std::vector<TestCase>& tests, std::vector<int> workers) {
+    Unit u;
+    u.name = name;
+    u.tests = tests;
+    u.results.resize(tests.size());
+    UnitState us;
+    std::map<std::string, int> bin_index;
+    for (std::size_t b = 0; b < opts.binaries.size(); ++b) {
+      bin_index.emplace(opts.binaries[b], static_cast<int>(b));
+      us.paths.push_back(opts.binary_paths[b]);
+    }
+    std::vector<int> order;
+    for (std::size_t t = 0; t < tests.size(); ++t) {
+      us.binary_of.push_back(bin_index.at(tests[t].binary));
+      if (!tests[t].disabled) order.push_back(static_cast<int>(t));
+    }
+    us.sched = std::make_unique<Scheduler>(us.binary_of, order, static_cast<int>(workers.size()));
+    us.workers = std::move(workers);
+    const int idx = static_cast<int>(units.size());
+    for (int w : us.workers) slots[static_cast<std::size_t>(w)]->unit = idx;
+    units.push_back(std::move(u));
+    ustate.push_back(std::move(us));
+  };
+
+  std::vector<int> live;
+  for (std::size_t i = 0; i < slots.size(); ++i)
+    if (slots[i]->state != SlotState::dead) live.push_back(static_cast<int>(i));
+  if (opts.dist == "each") {
+    for (const auto& g : groups) {
+      if (!g.done) continue;
+      for (int w : g.slots)
+        if (slots[static_cast<std::size_t>(w)]->state != SlotState::dead)
+          make_unit(slots[static_cast<std::size_t>(w)]->info.id, g.tests, {w});
+    }
+  } else {
+    make_unit("", first->tests, live);
+  }
+  std::size_t total = 0;
+  for (const auto& u : units) total += u.tests.size();
+  reporter.set_total(total);
+  reporter.collected(first->tests.size(), opts.binaries.size(), units.size());
+  if (total == 0) return kExitNoTests;
+  for (std::size_t u = 0; u < units.size(); ++u)
+    for (std::size_t t = 0; t < units[u].tests.size(); ++t)
+      if (units[u].tests[t].disabled) {
+        TestResult r;
+        r.outcome = Outcome::skipped;
+        r.message = "disabled";
+        record(static_cast<int>(u), static_cast<int>(t), std::move(r));
+      }
+  return -1;
+}
+
+void Session::Impl::dispatch() {
+  const std::string workers = std::to_string(slots.size());
+  for (std::size_t i = 0; i < slots.size(); ++i) {
+    auto& s = *slots[i];
+    if (s.state != SlotState::ready || s.batch || s.unit < 0) continue;
+    auto& us = ustate[static_cast<std::size_t>(s.unit)];
+    auto& u = units[static_cast<std::size_t>(s.unit)];
+    auto b = us.sched->next(static_cast<int>(i));
+    if (!b) continue;
+    InFlight f;
+    f.unit = s.unit;
+    f.slot = static_cast<int>(i);
+    f.sched_batch = b->id;
+    nlohmann::json names = nlohmann::json::array();
+    for (int t : b->tests) {
+      const auto& name = u.tests[static_cast<std::size_t>(t)].name;
+      names.push_back(name);
+      f.index.emplace(name, t);
+    }
+    const std::int64_t id = next_batch++;
+    inflight.emplace(id, std::move(f));
+    s.batch = id;
+    send(static_cast<int>(i), MsgKind::run,
+         {{"batch", id},
+          {"kind", "gtest"},
+          {"binary", us.paths[static_cast<std::size_t>(b->group)]},
+          {"tests", std::move(names)},
+          {"env",
+           {{"DTEST_WORKER", s.info.id}, {"DTEST_WORKER_COUNT", workers}, {"DTEST_TESTRUNUID", opts.testrunuid}}}});
+  }
+}
+
+void Session::Impl::on_events(int i, const Message& m) {
+  auto& s = *slots[static_cast<std::size_t>(i)];
+  const std::int64_t id = get_int(m, "batch");
+  auto it = inflight.find(id);
+  if (it == inflight.end() || it->second.slot != i) throw ProtocolError(fmt::format("events for unknown batch {}", id));
+  auto& f = it->second;
+  auto& us = ustate[static_cast<std::size_t>(f.unit)];
+  const auto& evs = field(m, "events");
+  if (!evs.is_array()) throw ProtocolError("events message: 'events' is not a list");
+  for (const auto& e : evs) {
+    if (!e.is_object() || !e.contains("test") || !e["test"].is_string())
+      throw ProtocolError("events message: an event without a test name");
+    const auto idx = f.index.find(e["test"].get<std::string>());
+    if (idx == f.index.end())
+      throw ProtocolError("events message: result for a test not in the batch: " + e["test"].get<std::string>());
+    const auto outcome = outcome_from_string(e.value("outcome", ""));
+    if (!outcome) throw ProtocolError("events message: unknown outcome '" + e.value("outcome", "") + "'");
+    TestResult r;
+    r.outcome = *outcome;
+    r.duration = e.value("duration", 0.0);
+    r.output = e.value("output", "");
+    r.message = e.value("message", "");
+    r.worker = s.info.id;
+    r.gateway = s.info.spec;
+    us.sched->finished(f.sched_batch, idx->second, r.duration);
+    record(f.unit, idx->second, std::move(r));
+  }
+}
+
+void Session::Impl::on_batch_done(int i, const Message& m) {
+  auto& s = *slots[static_cast<std::size_t>(i)];
+  const std::int64_t id = get_int(m, "batch");
+  auto it = inflight.find(id);
+  if (it == inflight.end() || it->second.slot != i) throw ProtocolError(fmt::format("batch_done for unknown batch {}", id));
+  InFlight f = std::move(it->second);
+  inflight.erase(it);
+  s.batch = 0;
+  auto& us = ustate[static_cast<std::size_t>(f.unit)];
+  const std::string status = m.body.value("status", "?");
+  std::vector<int> unrun;
+  if (auto u = m.body.find("unrun"); u != m.body.end() && u->is_array())
+    for (const auto& n : *u)
+      if (n.is_string())
+        if (auto idx = f.index.find(n.get<std::string>()); idx != f.index.end()) unrun.push_back(idx->second);
+  if (auto se = m.body.find("spawn_error"); se != m.body.end())
+    reporter.warning(fmt::format("[{}] could not start a test process: {}", s.info.id, se->dump()));
+  const auto give_up = us.sched->batch_done(f.sched_batch, unrun);
+  for (int t : give_up) {
+    TestResult r;
+    r.outcome = Outcome::not_run;
+    r.message = fmt::format("its test process ended before reaching it {} times (last: {})",
+                            Scheduler::kMaxAttempts, status);
+    r.worker = s.info.id;
+    r.gateway = s.info.spec;
+    record(f.unit, t, std::move(r));
+  }
+  if (auto o = m.body.find("outside_output"); o != m.body.end() && o->is_string() && !m.body.contains("crashed")) {
+    const auto& bin = us.paths[static_cast<std::size_t>(us.binary_of[static_cast<std::size_t>(f.index.begin()->second)])];
+    run_errors.push_back(fmt::format("[{}] {} ended with {} outside any test:\n{}", s.info.id, bin, status,
+                                     o->get<std::string>()));
+    reporter.warning(run_errors.back());
+  }
+}
+
+bool Session::Impl::run_finished() const {
+  for (const auto& us : ustate)
+    if (!us.sched->empty() || !us.sched->idle()) return false;
+  return true;
+}
+
+// Tests that can no longer run: their unit has no live worker.
+void Session::Impl::settle_orphans() {
+  for (std::size_t u = 0; u < ustate.size(); ++u) {
+    auto& us = ustate[u];
+    bool alive = false;
+    std::string lost;
+    for (int w : us.workers) {
+      const auto& s = *slots[static_cast<std::size_t>(w)];
+      if (s.state != SlotState::dead) alive = true;
+      else if (lost.empty()) lost = s.info.id + ": " + s.info.error.substr(0, s.info.error.find('\n'));
+    }
+    // Slots still coming up may join a load unit later.
+    if (!alive && opts.dist != "each")
+      for (const auto& s : slots)
+        if (s->state == SlotState::opening || s->state == SlotState::awaiting_hello) alive = true;
+    if (alive || us.sched->empty()) continue;
+    for (int t : us.sched->drain()) {
+      TestResult r;
+      r.outcome = Outcome::not_run;
+      r.message = "no gateway left to run it (" + lost + ")";
+      record(static_cast<int>(u), t, std::move(r));
+    }
+  }
+}
+
+void Session::Impl::interrupt(const std::string& why) {
+  interrupted = true;
+  interrupt_reason = why;
+  for (std::size_t u = 0; u < units.size(); ++u)
+    for (std::size_t t = 0; t < units[u].tests.size(); ++t)
+      if (!units[u].results[t]) {
+        TestResult r;
+        r.outcome = Outcome::not_run;
+        r.message = why;
+        record(static_cast<int>(u), static_cast<int>(t), std::move(r));
+      }
+}
+
+void Session::Impl::shutdown() {
+  // Ask every agent to stop (it kills its tests), then wait for them in
+  // parallel-ish: closing first lets all of them wind down at once.
+  for (std::size_t i = 0; i < slots.size(); ++i) {
+    auto& s = *slots[i];
+    std::lock_guard lock(s.gw_mu);
+    if (!s.gw) continue;
+    if (s.state != SlotState::dead) {
+      try {
+        s.gw->send(encode_message({MsgKind::shutdown, nlohmann::json::object()}));
+      } catch (...) {
+      }
+    }
+    s.gw->close();
+  }
+  for (auto& s : slots) {
+    std::lock_guard lock(s->gw_mu);
+    if (s->gw) s->gw->wait(5.0);
+  }
+  for (auto& s : slots)
+    if (s->reader.joinable()) s->reader.join();
+}
+
+int Session::Impl::finish(int forced_code) {
+  Summary sum;
+  sum.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  sum.interrupted = interrupted;
+  sum.interrupt_reason = interrupt_reason;
+  for (std::size_t u = 0; u < units.size(); ++u)
+    for (std::size_t t = 0; t < units[u].tests.size(); ++t) {
+      if (!units[u].results[t]) {  // never happens by design; never lose one silently
+        TestResult r;
+        r.outcome = Outcome::not_run;
+        r.message = "internal error: no outcome was recorded";
+        record(static_cast<int>(u), static_cast<int>(t), std::move(r));
+      }
+      ++sum.counts[units[u].results[t]->outcome];
+    }
+  reporter.finish(units, sum);
+  int code = forced_code;
+  if (!opts.junitxml.empty() && !units.empty()) {
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    try {
+      write_junit(opts.junitxml, junit_xml(units, sum.seconds, host));
+    } catch (const std::exception& e) {
+      reporter.warning(e.what());
+      if (code < 0) code = kExitInternalError;
+    }
+  }
+  if (code >= 0) return code;
+  if (interrupted) return kExitInterrupted;
+  for (const auto& [o, n] : sum.counts)
+    if (n > 0 && is_failure(o)) return kExitTestsFailed;
+  if (!run_errors.empty()) return kExitTestsFailed;
+  return kExitOk;
+}
+
+Session::Session(RunOptions opts, GatewayFactory factory, std::ostream& out)
+    : impl_(std::make_unique<Impl>(std::move(opts), std::move(factory), out)) {}
+
+Session::~Session() = default;
+
+const std::vector<Unit>& Session::units() const { return impl_->units; }
+const std::vector<GatewayInfo>& Session::gateways() const {
+  impl_->infos.clear();
+  for (const auto& s : impl_->slots) impl_->infos.push_back(s->info);
+  return impl_->infos;
+}
+
+int Session::run() {
+  auto& im = *impl_;
+  if (im.opts.dist == "no" && !im.opts.specs.empty()) {
+    im.opts.specs.resize(1);
+    im.opts.specs[0].count = 1;
+  }
+  std::size_t nslots = 0;
+  for (const auto& s : im.opts.specs) nslots += static_cast<std::size_t>(s.count);
+  im.reporter.session_start(im.opts.rootdir, nslots);
+  im.start_slots();
+  int code = -1;
+  for (;;) {
+    if (int sig = g_interrupt_signal.load()) {
+      im.interrupt(sig == SIGTERM ? "terminated (SIGTERM)" : "KeyboardInterrupt");
+      break;
+    }
+    if (auto e = im.events.pop(std::chrono::milliseconds(100))) im.handle(*e);
+    // Agents that never say hello.
+    for (std::size_t i = 0; i < im.slots.size(); ++i) {
+      auto& s = *im.slots[i];
+      if ((s.state == SlotState::opening || s.state == SlotState::awaiting_hello) &&
+          Clock::now() - s.started > std::chrono::duration<double>(im.opts.hello_timeout))
+        im.slot_down(static_cast<int>(i),
+                     fmt::format("no hello from the agent within {:.0f} s", im.opts.hello_timeout), true);
+    }
+    if (im.collecting) {
+      for (auto& g : im.groups)
+        if (!g.done && !g.failed && g.asked < 0) im.ask_collect(g);
+      if (!im.collection_settled()) continue;
+      code = im.start_run();
+      if (code >= 0) break;
+    }
+    im.dispatch();
+    im.settle_orphans();
+    if (im.run_finished()) break;
+  }
+  im.shutdown();
+  return im.finish(code);
+}
+
+}  // namespace dtest

@@ -1,0 +1,65 @@
+// The session: brings gateways up in parallel, collects on one gateway per
+// platform, feeds batches to workers as they free up, and turns the agents'
+// events into exactly one result per collected test.
+//
+// Threads: one reader per gateway (blocking receive, pushing events into a
+// queue); everything else happens on the calling thread, which owns all
+// state, so no state is shared but the queue.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "gateway/gateway.h"
+#include "master/model.h"
+#include "xspec/xspec.h"
+
+namespace dtest {
+
+struct RunOptions {
+  std::vector<xspec::Spec> specs;         // as given; N* expanded by the session
+  std::string dist = "load";              // load | each | no
+  std::vector<std::string> binaries;      // as the user named them
+  std::vector<std::string> binary_paths;  // as sent to the agents
+  int verbosity = 0;                      // -1 quiet, 0 normal, 1 verbose
+  std::string junitxml;
+  std::string rootdir;
+  std::string testrunuid;
+  bool continue_on_collection_errors = false;
+  double hello_timeout = 30;              // seconds for an agent to say hello
+};
+
+using GatewayFactory =
+    std::function<std::unique_ptr<gateway::Gateway>(const xspec::Spec& spec, const std::string& id)>;
+
+// Exit codes (pytest's, plus crashed/timeout tests counting as failures).
+enum ExitCode {
+  kExitOk = 0,
+  kExitTestsFailed = 1,
+  kExitInterrupted = 2,
+  kExitInternalError = 3,
+  kExitUsageError = 4,
+  kExitNoTests = 5,
+};
+
+// Set from a signal handler; the session stops at its next step.
+extern std::atomic<int> g_interrupt_signal;
+
+class Session {
+ public:
+  Session(RunOptions opts, GatewayFactory factory, std::ostream& out);
+  ~Session();
+  int run();
+  const std::vector<Unit>& units() const;
+  const std::vector<GatewayInfo>& gateways() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace dtest

@@ -1,0 +1,54 @@
+// pytest-like terminal output.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "master/model.h"
+
+namespace dtest {
+
+struct Summary {
+  std::map<Outcome, int> counts;
+  double seconds = 0;
+  bool interrupted = false;
+  std::string interrupt_reason;
+};
+
+class TerminalReporter {
+ public:
+  // verbosity: -1 quiet, 0 normal, 1 verbose.
+  TerminalReporter(std::ostream& out, int verbosity) : out_(out), verbosity_(verbosity) {}
+
+  void session_start(const std::string& rootdir, std::size_t gateways);
+  void gateway_up(const GatewayInfo& gw);
+  void gateway_failed(const GatewayInfo& gw);
+  void gateway_lost(const GatewayInfo& gw, std::size_t requeued);
+  void collected(std::size_t tests, std::size_t binaries, std::size_t units);
+  void collection_errors(const std::vector<std::string>& errors);
+  void warning(const std::string& text);
+  void set_total(std::size_t total) { total_ = total; }
+  void result(const Unit& unit, const TestCase& t, const TestResult& r);
+  // Failure sections, short summary and the closing line.
+  void finish(const std::vector<Unit>& units, const Summary& summary);
+
+  static std::string summary_line(const Summary& s);
+
+ private:
+  void rule(const std::string& title, char fill);
+  void progress_newline();
+  std::ostream& out_;
+  int verbosity_;
+  std::size_t total_ = 0;
+  std::size_t done_ = 0;
+  std::size_t column_ = 0;
+  bool in_progress_ = false;
+};
+
+// Short letter for progress output: '.', 'F', 's', 'C', 'T', 'x', 'N'.
+char outcome_letter(Outcome o);
+
+}  // namespace dtest
