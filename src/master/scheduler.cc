@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <unordered_set>
 
 namespace dtest {
 
@@ -23,13 +22,18 @@ Scheduler::Scheduler(std::vector<int> group_of, const std::vector<int>& order, i
 std::size_t Scheduler::batch_size_for(int group) const {
   const double rem = static_cast<double>(remaining_);
   const double w = static_cast<double>(workers_);
-  double size = std::ceil(rem / (3 * w));
+  const double base = std::ceil(rem / (3 * w));
+  const double share = std::ceil(rem / w);
+  double amortise = 1;
   const auto& st = stats_[static_cast<std::size_t>(group)];
   if (st.count > 0) {
     const double mean = std::max(st.seconds / st.count, 1e-6);
-    size = std::max(size, std::ceil(kMinBatchSeconds / mean));
+    amortise = std::ceil(kMinBatchSeconds / mean - 1e-9);  // 1e-9: float noise
   }
-  size = std::min(size, std::ceil(rem / w));
+  double size = std::max(base, amortise);
+  // A fair share caps the batch, unless a fair share is too little work to
+  // be worth a process start of its own.
+  size = std::min(size, share >= amortise ? share : std::min(amortise, rem));
   return static_cast<std::size_t>(std::max(size, 1.0));
 }
 
@@ -86,25 +90,23 @@ std::vector<int> Scheduler::batch_done(std::int64_t batch, const std::vector<int
   std::vector<int> give_up;
   auto it = inflight_left_.find(batch);
   if (it == inflight_left_.end()) return give_up;
-  const std::unordered_set<int> pending(it->second.begin(), it->second.end());
-  std::vector<int> again;
-  for (int t : unrun) {
-    if (!pending.count(t)) continue;  // not part of this batch, or has an outcome
-    if (++attempts_[static_cast<std::size_t>(t)] >= kMaxAttempts)
-      give_up.push_back(t);
-    else
-      again.push_back(t);
-  }
-  // Tests the agent neither reported nor listed as unrun are a protocol
-  // slip; treat them as unrun too so none is lost.
-  const std::unordered_set<int> listed(unrun.begin(), unrun.end());
-  for (int t : it->second)
-    if (!listed.count(t)) {
-      if (++attempts_[static_cast<std::size_t>(t)] >= kMaxAttempts)
-        give_up.push_back(t);
-      else
-        again.push_back(t);
+  const auto& all = inflight_.at(batch).tests;
+  const bool progress = it->second.size() < all.size();
+  // Every test still without an outcome goes back, whether the agent listed
+  // it as unrun or (a protocol slip) said nothing about it: none is lost.
+  (void)unrun;
+  std::vector<int> again = it->second;
+  // A batch that made progress requeues its rest for free: each such batch
+  // shrinks the work, so this ends. A batch where nothing ran charges its
+  // first test, the one the process should have reached; after kMaxAttempts
+  // that test is given up (reported not run) and the others go on.
+  if (!progress && !again.empty()) {
+    const int first = again.front();
+    if (++attempts_[static_cast<std::size_t>(first)] >= kMaxAttempts) {
+      give_up.push_back(first);
+      again.erase(again.begin());
     }
+  }
   inflight_left_.erase(it);
   inflight_.erase(batch);
   requeue_front(again);

@@ -7,7 +7,8 @@
 // so batches shrink as the queue drains and the tail stays short, but never
 // less than what amortises a process start (kMinBatchSeconds of the group's
 // mean observed test duration), and never more than a fair share
-// (remaining / workers).
+// (remaining / workers) unless a fair share is too little work to amortise a
+// process start.
 #pragma once
 
 #include <cstdint>
@@ -28,8 +29,8 @@ struct Batch {
 
 class Scheduler {
  public:
-  static constexpr double kMinBatchSeconds = 0.25;
-  static constexpr int kMaxAttempts = 3;  // times a test may come back unrun
+  static constexpr double kMinBatchSeconds = 0.05;
+  static constexpr int kMaxAttempts = 3;  // batches a test may stall without progress
 
   // `group_of[t]` is test t's group; `order` lists the tests to run, first
   // first. `workers` is how many workers will pull (for sizing).
@@ -40,9 +41,10 @@ class Scheduler {
   std::optional<Batch> next(int worker);
   // A test of an in-flight batch got its outcome; `seconds` feeds sizing.
   void finished(std::int64_t batch, int test, double seconds);
-  // The batch's process is gone; `unrun` tests go back to the front of the
-  // queue unless they have come back kMaxAttempts times: those are returned
-  // (the caller reports them not run).
+  // The batch's process is gone; its tests without an outcome (`unrun`, and
+  // any the agent failed to mention) go back to the front of the queue. When
+  // nothing in the batch ran, its first test is charged an attempt; after
+  // kMaxAttempts it is returned (the caller reports it not run).
   std::vector<int> batch_done(std::int64_t batch, const std::vector<int>& unrun);
   // The worker's connection is lost: its in-flight tests are requeued.
   void worker_lost(int worker);

@@ -641,6 +641,13 @@ void Session::Impl::shutdown() {
   }
   for (auto& s : slots)
     if (s->reader.joinable()) s->reader.join();
+  // A gateway that failed to come up while the others finished the run is
+  // still reported; the closing of healthy ones is not news.
+  while (auto e = events.pop(std::chrono::milliseconds(0))) {
+    auto& s = *slots[static_cast<std::size_t>(e->slot)];
+    if (e->kind == Event::Kind::failed && s.state != SlotState::ready && s.state != SlotState::dead)
+      slot_down(e->slot, e->error, true);
+  }
 }
 
 int Session::Impl::finish(int forced_code) {

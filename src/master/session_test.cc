@@ -1,0 +1,344 @@
+// Session tests against fake gateways: an in-process fake agent answers the
+// protocol from a script, so scheduling, requeueing and reporting are tested
+// without processes.
+#include "master/session.h"
+
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <set>
+#include <sstream>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "common/message.h"
+
+namespace dtest {
+namespace {
+
+using ::testing::HasSubstr;
+
+struct Script {
+  std::map<std::string, std::vector<std::pair<std::string, Outcome>>> binaries;
+  std::map<std::string, std::string> collect_errors;  // binary -> error
+  std::set<std::string> crash;                        // the process dies in these
+  std::set<std::string> never_reached;                // the process exits before these
+  std::map<std::string, int> die_after_runs;          // gateway id -> lose link at this RUN
+  std::set<std::string> garbage;                      // gateway ids that send garbage
+};
+
+class FakeGateway final : public gateway::Gateway {
+ public:
+  FakeGateway(const Script& script, std::string id, std::vector<std::string>* run_log, std::mutex* log_mu)
+      : script_(script), id_(std::move(id)), run_log_(run_log), log_mu_(log_mu) {
+    push(MsgKind::hello, {{"proto", kProtocolVersion}, {"agent_version", "fake"}, {"os", "linux"},
+                          {"arch", "x86_64"}, {"cpus", 1}, {"hostname", "fake"}, {"pid", 1}});
+  }
+
+  void send(const Frame& f) override {
+    if (dead_) throw gateway::GatewayError("fake gateway " + id_ + ": link is down");
+    const Message m = decode_message(f);
+    switch (m.kind) {
+      case MsgKind::collect: {
+        nlohmann::json bins = nlohmann::json::array();
+        for (const auto& p : m.body["suite"]["binaries"]) {
+          const std::string path = p.get<std::string>();
+          if (auto e = script_.collect_errors.find(path); e != script_.collect_errors.end()) {
+            bins.push_back({{"path", path}, {"error", e->second}});
+            continue;
+          }
+          nlohmann::json tests = nlohmann::json::array();
+          for (const auto& [name, outcome] : script_.binaries.at(path)) {
+            nlohmann::json t = {{"name", name}};
+            if (name.find("DISABLED_") != std::string::npos) t["disabled"] = true;
+            tests.push_back(t);
+          }
+          bins.push_back({{"path", path}, {"tests", tests}});
+        }
+        push(MsgKind::collected, {{"id", m.body["id"]}, {"binaries", bins}});
+        return;
+      }
+      case MsgKind::run: run(m); return;
+      case MsgKind::shutdown: close(); return;
+      default: FAIL() << "unexpected message to the agent";
+    }
+  }
+
+  std::optional<Frame> receive() override {
+    std::unique_lock lock(mu_);
+    if (script_.garbage.count(id_)) throw ProtocolError("bad frame magic at byte 0 (expected 0xD7): 'xx'");
+    cv_.wait(lock, [&] { return !q_.empty(); });
+    auto f = std::move(q_.front());
+    q_.pop_front();
+    return f;
+  }
+
+  void close() override {
+    if (!closed_) {
+      closed_ = true;
+      std::lock_guard lock(mu_);
+      q_.push_back(std::nullopt);
+      cv_.notify_all();
+    }
+  }
+  void terminate() override {
+    dead_ = true;
+    close();
+  }
+  std::string wait(double) override {
+    close();
+    return "exit status 0";
+  }
+  std::string diagnostics() override { return ""; }
+
+ private:
+  void push(MsgKind k, nlohmann::json body) {
+    std::lock_guard lock(mu_);
+    q_.push_back(encode_message({k, std::move(body)}));
+    cv_.notify_all();
+  }
+
+  void run(const Message& m) {
+    ++runs_;
+    if (auto d = script_.die_after_runs.find(id_); d != script_.die_after_runs.end() && runs_ >= d->second) {
+      dead_ = true;
+      close();
+      return;
+    }
+    const auto batch = m.body["batch"];
+    const std::string binary = m.body["binary"];
+    std::vector<std::string> tests = m.body["tests"];
+    {
+      std::lock_guard lock(*log_mu_);
+      for (const auto& t : tests) run_log_->push_back(id_ + ":" + t);
+    }
+    std::map<std::string, Outcome> outcome;
+    for (const auto& [name, o] : script_.binaries.at(binary)) outcome[name] = o;
+    nlohmann::json events = nlohmann::json::array();
+    nlohmann::json unrun = nlohmann::json::array();
+    std::string status = "exit status 0";
+    bool stopped = false;
+    for (const auto& t : tests) {
+      if (stopped || script_.never_reached.count(t)) {
+        stopped = true;
+        unrun.push_back(t);
+        continue;
+      }
+      if (script_.crash.count(t)) {
+        events.push_back({{"test", t}, {"outcome", "crashed"}, {"duration", 0.01},
+                          {"message", "signal 11 (SIGSEGV)"}, {"output", "about to crash\n"}});
+        status = "signal 11 (SIGSEGV)";
+        stopped = true;
+        continue;
+      }
+      EXPECT_EQ(m.body["env"]["DTEST_WORKER"], id_);
+      events.push_back({{"test", t}, {"outcome", std::string(to_string(outcome.at(t)))}, {"duration", 0.01}});
+    }
+    push(MsgKind::events, {{"batch", batch}, {"events", events}});
+    push(MsgKind::batch_done, {{"batch", batch}, {"status", status}, {"unrun", unrun}});
+  }
+
+  const Script& script_;
+  std::string id_;
+  std::vector<std::string>* run_log_;
+  std::mutex* log_mu_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::optional<Frame>> q_;
+  std::atomic<bool> dead_{false};
+  std::atomic<bool> closed_{false};
+  int runs_ = 0;
+};
+
+struct Harness {
+  Script script;
+  std::vector<std::string> run_log;
+  std::mutex log_mu;
+  std::ostringstream out;
+  std::unique_ptr<Session> session;
+
+  int run(const std::vector<std::string>& specs, const std::string& dist = "load") {
+    RunOptions o;
+    for (const auto& s : specs) o.specs.push_back(xspec::parse(s));
+    for (const auto& [path, tests] : script.binaries) {
+      o.binaries.push_back(path);
+      o.binary_paths.push_back(path);
+    }
+    for (const auto& [path, err] : script.collect_errors)
+      if (!script.binaries.count(path)) {
+        o.binaries.push_back(path);
+        o.binary_paths.push_back(path);
+      }
+    o.dist = dist;
+    o.verbosity = 1;
+    o.testrunuid = "uid";
+    session = std::make_unique<Session>(
+        o,
+        [this](const xspec::Spec&, const std::string& id) {
+          return std::make_unique<FakeGateway>(script, id, &run_log, &log_mu);
+        },
+        out);
+    return session->run();
+  }
+
+  std::map<std::string, Outcome> outcomes(std::size_t unit = 0) const {
+    std::map<std::string, Outcome> m;
+    const auto& u = session->units().at(unit);
+    for (std::size_t i = 0; i < u.tests.size(); ++i) {
+      EXPECT_TRUE(u.results[i].has_value()) << u.tests[i].id();
+      if (u.results[i]) m[u.tests[i].name] = u.results[i]->outcome;
+    }
+    return m;
+  }
+};
+
+std::vector<std::pair<std::string, Outcome>> passing(const std::string& suite, int n) {
+  std::vector<std::pair<std::string, Outcome>> v;
+  for (int i = 0; i < n; ++i) v.emplace_back(suite + ".T" + std::to_string(i), Outcome::passed);
+  return v;
+}
+
+TEST(Session, EveryTestGetsExactlyOneOutcomeAcrossTwoWorkers) {
+  Harness h;
+  h.script.binaries["a"] = passing("A", 40);
+  h.script.binaries["a"].emplace_back("A.Broken", Outcome::failed);
+  h.script.binaries["a"].emplace_back("A.DISABLED_Off", Outcome::passed);
+  h.script.binaries["b"] = passing("B", 20);
+  EXPECT_EQ(h.run({"2*popen"}), kExitTestsFailed);
+  const auto o = h.outcomes();
+  EXPECT_EQ(o.size(), 62u);
+  EXPECT_EQ(o.at("A.Broken"), Outcome::failed);
+  EXPECT_EQ(o.at("A.DISABLED_Off"), Outcome::skipped);
+  EXPECT_EQ(o.at("B.T7"), Outcome::passed);
+  // Each test ran exactly once, and both workers ran some.
+  std::multiset<std::string> names;
+  std::set<std::string> workers;
+  for (const auto& e : h.run_log) {
+    names.insert(e.substr(e.find(':') + 1));
+    workers.insert(e.substr(0, e.find(':')));
+  }
+  EXPECT_EQ(names.size(), 61u);
+  for (const auto& n : names) EXPECT_EQ(names.count(n), 1u) << n;
+  EXPECT_EQ(workers, (std::set<std::string>{"gw0", "gw1"}));
+  EXPECT_THAT(h.out.str(), HasSubstr("1 failed, 60 passed, 1 skipped"));
+}
+
+TEST(Session, AllPassingIsExitZero) {
+  Harness h;
+  h.script.binaries["a"] = passing("A", 5);
+  EXPECT_EQ(h.run({"popen"}), kExitOk);
+  EXPECT_THAT(h.out.str(), HasSubstr("5 passed"));
+}
+
+TEST(Session, CrashMarksOneTestAndTheRestOfTheBatchStillRuns) {
+  Harness h;
+  h.script.binaries["a"] = passing("A", 30);
+  h.script.crash = {"A.T3", "A.T17"};
+  EXPECT_EQ(h.run({"popen"}), kExitTestsFailed);
+  const auto o = h.outcomes();
+  EXPECT_EQ(o.size(), 30u);
+  EXPECT_EQ(o.at("A.T3"), Outcome::crashed);
+  EXPECT_EQ(o.at("A.T17"), Outcome::crashed);
+  EXPECT_EQ(o.at("A.T4"), Outcome::passed);
+  EXPECT_EQ(o.at("A.T29"), Outcome::passed);
+  EXPECT_THAT(h.out.str(), HasSubstr("CRASHED a::A.T3 - signal 11 (SIGSEGV)"));
+}
+
+TEST(Session, LostGatewayRequeuesItsTestsOnTheOthers) {
+  Harness h;
+  h.script.binaries["a"] = passing("A", 60);
+  h.script.die_after_runs["gw1"] = 2;  // answers one batch, then the link drops
+  EXPECT_EQ(h.run({"2*popen"}), kExitOk);
+  const auto o = h.outcomes();
+  EXPECT_EQ(o.size(), 60u);
+  for (const auto& [name, outcome] : o) EXPECT_EQ(outcome, Outcome::passed) << name;
+  EXPECT_THAT(h.out.str(), HasSubstr("[gw1] gateway lost"));
+}
+
+TEST(Session, WithNoGatewayLeftTheRestIsNotRunWithAReason) {
+  Harness h;
+  h.script.binaries["a"] = passing("A", 30);
+  h.script.die_after_runs["gw0"] = 2;
+  EXPECT_EQ(h.run({"popen"}), kExitTestsFailed);
+  const auto& u = h.session->units().at(0);
+  int passed = 0, not_run = 0;
+  for (const auto& r : u.results) {
+    ASSERT_TRUE(r.has_value());
+    if (r->outcome == Outcome::passed) ++passed;
+    if (r->outcome == Outcome::not_run) {
+      ++not_run;
+      EXPECT_THAT(r->message, HasSubstr("no gateway left to run it (gw0:"));
+    }
+  }
+  EXPECT_GT(passed, 0);
+  EXPECT_GT(not_run, 0);
+  EXPECT_EQ(passed + not_run, 30);
+}
+
+TEST(Session, GarbageFromOneGatewayTakesItOutAndTheOtherRunsEverything) {
+  Harness h;
+  h.script.binaries["a"] = passing("A", 10);
+  h.script.garbage = {"gw0"};
+  EXPECT_EQ(h.run({"2*popen"}), kExitOk);
+  EXPECT_EQ(h.outcomes().size(), 10u);
+  EXPECT_THAT(h.out.str(), HasSubstr("[gw0] gateway failed (2*popen): garbage from the agent"));
+  EXPECT_THAT(h.out.str(), HasSubstr("bad frame magic"));
+  for (const auto& e : h.run_log) EXPECT_EQ(e.substr(0, 4), "gw1:");
+}
+
+TEST(Session, NoGatewayUpIsAnInternalError) {
+  Harness h;
+  h.script.binaries["a"] = passing("A", 3);
+  h.script.garbage = {"gw0"};
+  EXPECT_EQ(h.run({"popen"}), kExitInternalError);
+  EXPECT_THAT(h.out.str(), HasSubstr("no gateway came up"));
+}
+
+TEST(Session, TestsNeverReachedAreNotRunAfterRepeatedAttempts) {
+  Harness h;
+  h.script.binaries["a"] = passing("A", 4);
+  h.script.never_reached = {"A.T2"};
+  EXPECT_EQ(h.run({"popen"}), kExitTestsFailed);
+  const auto o = h.outcomes();
+  EXPECT_EQ(o.at("A.T2"), Outcome::not_run);
+  EXPECT_EQ(o.at("A.T3"), Outcome::passed);
+  EXPECT_THAT(h.out.str(), HasSubstr("ended before reaching it 3 times"));
+}
+
+TEST(Session, CollectionErrorsStopTheRunLikePytest) {
+  Harness h;
+  h.script.binaries["a"] = passing("A", 3);
+  h.script.collect_errors["bad"] = "bad is not a GoogleTest binary: line 1 ...";
+  EXPECT_EQ(h.run({"popen"}), kExitInterrupted);
+  EXPECT_THAT(h.out.str(), HasSubstr("ERROR collecting"));
+  EXPECT_THAT(h.out.str(), HasSubstr("bad is not a GoogleTest binary"));
+  EXPECT_TRUE(h.run_log.empty());
+}
+
+TEST(Session, DistEachRunsTheWholeSuiteOnEveryGateway) {
+  Harness h;
+  h.script.binaries["a"] = passing("A", 12);
+  EXPECT_EQ(h.run({"popen", "popen"}, "each"), kExitOk);
+  ASSERT_EQ(h.session->units().size(), 2u);
+  EXPECT_EQ(h.outcomes(0).size(), 12u);
+  EXPECT_EQ(h.outcomes(1).size(), 12u);
+  int gw0 = 0, gw1 = 0;
+  for (const auto& e : h.run_log) (e.rfind("gw0:", 0) == 0 ? gw0 : gw1)++;
+  EXPECT_EQ(gw0, 12);
+  EXPECT_EQ(gw1, 12);
+  EXPECT_THAT(h.out.str(), HasSubstr("24 passed"));
+  EXPECT_THAT(h.out.str(), HasSubstr("[gw0] 12 passed"));
+}
+
+TEST(Session, DistNoUsesOneWorker) {
+  Harness h;
+  h.script.binaries["a"] = passing("A", 10);
+  EXPECT_EQ(h.run({"3*popen"}, "no"), kExitOk);
+  for (const auto& e : h.run_log) EXPECT_EQ(e.substr(0, 4), "gw0:");
+  EXPECT_EQ(h.run_log.size(), 10u);
+}
+
+}  // namespace
+}  // namespace dtest

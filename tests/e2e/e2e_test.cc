@@ -1,0 +1,1381 @@
+// End-to-end tests: run the real `dtest` binary (and through it the real
+// dtest-agent) as a subprocess over the real fixture GoogleTest binaries, and
+// check its exit code, its stdout/stderr and the JUnit XML it writes.
+//
+// Every subprocess runs under a hard timeout (kHardTimeout): on expiry it is
+// SIGKILLed and the test FAILS, so a hang never blocks CI. No test asserts on
+// how long something took.
+//
+// Tests for known dtest bugs assert the correct behaviour but GTEST_SKIP()
+// with "known bug: ..." when the buggy symptom shows, so the suite stays green
+// until the bug is fixed (and then starts asserting on its own).
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <optional>
+#include <poll.h>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+extern char** environ;
+
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+constexpr double kHardTimeout = 60.0;  // seconds, per subprocess
+
+const std::string kDtest = DTEST_BIN;
+const std::string kAgent = DTEST_AGENT_BIN;
+const std::string kFixtures = FIXTURES_DIR;
+
+std::string fixture(const std::string& name) { return kFixtures + "/" + name; }
+
+// ---------------------------------------------------------------------------
+// Subprocess runner
+// ---------------------------------------------------------------------------
+
+struct ProcResult {
+  int exit_code = -1;  // WEXITSTATUS, or -1 if killed by a signal
+  int signal = 0;      // WTERMSIG, or 0
+  bool timed_out = false;
+  pid_t pid = -1;
+  std::string out, err;
+};
+
+struct RunOptions {
+  std::string cwd;                           // empty: inherit
+  std::map<std::string, std::string> env;    // overrides
+  double timeout = kHardTimeout;
+  // Called about every 20 ms while the process runs, with its pid and the
+  // stdout read so far.
+  std::function<void(pid_t, const std::string&)> tick;
+};
+
+std::string describe(const ProcResult& r) {
+  auto cut = [](const std::string& s) {
+    constexpr std::size_t kMax = 6000;
+    return s.size() > kMax ? s.substr(0, kMax / 2) + "\n[...]\n" + s.substr(s.size() - kMax / 2) : s;
+  };
+  std::ostringstream o;
+  o << "exit_code=" << r.exit_code << " signal=" << r.signal << (r.timed_out ? " TIMED OUT" : "")
+    << "\n--- stdout ---\n"
+    << cut(r.out) << "\n--- stderr ---\n"
+    << cut(r.err) << "\n--------------";
+  return o.str();
+}
+
+ProcResult run_process(const std::vector<std::string>& argv, const RunOptions& opts = {}) {
+  ProcResult res;
+  // Environment, built before fork.
+  std::map<std::string, std::string> envmap;
+  for (char** e = environ; e && *e; ++e) {
+    std::string kv(*e);
+    const auto eq = kv.find('=');
+    if (eq == std::string::npos) continue;
+    envmap[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  for (const auto& [k, v] : opts.env) envmap[k] = v;
+  std::vector<std::string> envs;
+  for (const auto& [k, v] : envmap) envs.push_back(k + "=" + v);
+  std::vector<char*> envp;
+  for (auto& s : envs) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  std::vector<std::string> args = argv;
+  std::vector<char*> cargv;
+  for (auto& a : args) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+
+  int outp[2], errp[2];
+  if (::pipe2(outp, O_CLOEXEC) != 0 || ::pipe2(errp, O_CLOEXEC) != 0)
+    throw std::runtime_error(std::string("pipe2: ") + std::strerror(errno));
+  const pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
+  if (pid == 0) {
+    ::setpgid(0, 0);
+    ::signal(SIGPIPE, SIG_DFL);
+    ::signal(SIGINT, SIG_DFL);
+    ::signal(SIGTERM, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    const int devnull = ::open("/dev/null", O_RDONLY);
+    if (devnull >= 0) ::dup2(devnull, 0);
+    ::dup2(outp[1], 1);
+    ::dup2(errp[1], 2);
+    if (!opts.cwd.empty() && ::chdir(opts.cwd.c_str()) != 0) _exit(126);
+    ::execve(cargv[0], cargv.data(), envp.data());
+    _exit(127);
+  }
+  res.pid = pid;
+  ::close(outp[1]);
+  ::close(errp[1]);
+  int fds[2] = {outp[0], errp[0]};
+  std::string* sinks[2] = {&res.out, &res.err};
+  for (int fd : fds) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+
+  const auto deadline = Clock::now() + std::chrono::milliseconds(static_cast<long>(opts.timeout * 1000));
+  bool exited = false;
+  int status = 0;
+  std::optional<Clock::time_point> exited_at;
+  for (;;) {
+    pollfd pfds[2];
+    int n = 0;
+    int which[2];
+    for (int k = 0; k < 2; ++k)
+      if (fds[k] >= 0) {
+        pfds[n] = {fds[k], POLLIN, 0};
+        which[n++] = k;
+      }
+    if (n == 0 && exited) break;
+    if (n > 0) ::poll(pfds, static_cast<nfds_t>(n), 20);
+    else std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    for (int k = 0; k < n; ++k) {
+      if (!(pfds[k].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      char buf[65536];
+      for (;;) {
+        const ssize_t got = ::read(pfds[k].fd, buf, sizeof buf);
+        if (got > 0) {
+          sinks[which[k]]->append(buf, static_cast<std::size_t>(got));
+          continue;
+        }
+        if (got == 0 || (errno != EAGAIN && errno != EINTR)) {
+          ::close(fds[which[k]]);
+          fds[which[k]] = -1;
+        }
+        break;
+      }
+    }
+    if (!exited) {
+      const pid_t w = ::waitpid(pid, &status, WNOHANG);
+      if (w == pid) {
+        exited = true;
+        exited_at = Clock::now();
+      }
+    }
+    if (exited) {
+      // Something else (a leaked grandchild) may still hold the pipes: stop
+      // reading after a grace period instead of hanging.
+      if (Clock::now() - *exited_at > std::chrono::seconds(3)) break;
+      continue;
+    }
+    if (opts.tick) opts.tick(pid, res.out);
+    if (Clock::now() > deadline) {
+      res.timed_out = true;
+      ::kill(-pid, SIGKILL);
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      exited = true;
+      exited_at = Clock::now();
+    }
+  }
+  for (int fd : fds)
+    if (fd >= 0) ::close(fd);
+  if (WIFEXITED(status)) res.exit_code = WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) res.signal = WTERMSIG(status);
+  return res;
+}
+
+// Runs dtest; a hang (hard timeout) fails the calling test.
+ProcResult dtest(const std::vector<std::string>& args, RunOptions opts = {}) {
+  std::vector<std::string> argv = {kDtest};
+  argv.insert(argv.end(), args.begin(), args.end());
+  // Use the agent from this build, whatever the environment says.
+  opts.env.emplace("DTEST_AGENT", kAgent);
+  ProcResult r = run_process(argv, opts);
+  if (r.timed_out) {
+    std::string cmd;
+    for (const auto& a : argv) cmd += " " + a;
+    ADD_FAILURE() << "dtest did not finish within " << opts.timeout << " s (killed):" << cmd << "\n"
+                  << describe(r);
+  }
+  return r;
+}
+
+// ---------------------------------------------------------------------------
+// Text helpers
+// ---------------------------------------------------------------------------
+
+std::vector<std::string> split_lines(const std::string& s) {
+  std::vector<std::string> v;
+  std::string cur;
+  std::istringstream in(s);
+  while (std::getline(in, cur)) v.push_back(cur);
+  return v;
+}
+
+bool contains(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
+
+std::string last_nonempty_line(const std::string& s) {
+  const auto lines = split_lines(s);
+  for (auto it = lines.rbegin(); it != lines.rend(); ++it)
+    if (!it->empty()) return *it;
+  return "";
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::ostringstream o;
+  o << f.rdbuf();
+  return o.str();
+}
+
+// One `-v` line: "[gw0] [ 50%] PASSED path::Suite.Name (unit) - message".
+struct VLine {
+  std::string worker, outcome, id, unit, message;
+  // Which gateway's table the result belongs to: the unit name under
+  // --dist each (shown only when it differs from the worker), else the worker.
+  std::string where() const { return unit.empty() ? worker : unit; }
+};
+
+std::vector<VLine> parse_verbose(const std::string& out) {
+  static const std::regex re(
+      R"(^\[([^\]]*)\] \[ *\d+%\] (PASSED|FAILED|SKIPPED|XFAILED|CRASHED|TIMEOUT|NOT RUN) (\S+)(?: \(([^)]*)\))?(?: - (.*))?$)");
+  std::vector<VLine> v;
+  for (const auto& l : split_lines(out)) {
+    std::smatch m;
+    if (!std::regex_match(l, m, re)) continue;
+    VLine x;
+    x.worker = m[1];
+    x.outcome = m[2];
+    std::transform(x.outcome.begin(), x.outcome.end(), x.outcome.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    x.id = m[3];
+    x.unit = m[4];
+    x.message = m[5];
+    v.push_back(std::move(x));
+  }
+  return v;
+}
+
+// id -> outcome; fails the test if an id shows up twice.
+std::map<std::string, VLine> by_id(const std::vector<VLine>& v) {
+  std::map<std::string, VLine> m;
+  for (const auto& x : v) {
+    const bool fresh = m.emplace(x.id, x).second;
+    EXPECT_TRUE(fresh) << "test reported twice: " << x.id;
+  }
+  return m;
+}
+
+// A "____ path::Suite.Name [unit] ____" title rule of the FAILURES section
+// (the '_' padding shrinks to nothing for long ids); returns its text.
+std::optional<std::string> failure_title(const std::string& l) {
+  const auto b = l.find_first_not_of('_');
+  const auto e = l.find_last_not_of('_');
+  if (b == std::string::npos) return std::nullopt;
+  const std::string t = l.substr(b, e - b + 1);
+  if (t.size() < 3 || t.front() != ' ' || t.back() != ' ' || !contains(t, "::")) return std::nullopt;
+  return t.substr(1, t.size() - 2);
+}
+
+// The lines of the FAILURES section that belong to `id`: from its title rule
+// to the next rule.
+std::string failure_block(const std::string& out, const std::string& id) {
+  std::string block;
+  bool in = false;
+  for (const auto& l : split_lines(out)) {
+    const auto title = failure_title(l);
+    if (title || l.rfind("===", 0) == 0 || l.rfind("___", 0) == 0) {
+      if (in) break;
+      if (title && (*title == id || title->rfind(id + " [", 0) == 0)) in = true;
+      continue;
+    }
+    if (in) block += l + "\n";
+  }
+  return block;
+}
+
+// ---------------------------------------------------------------------------
+// The fixture binaries run directly
+// ---------------------------------------------------------------------------
+
+struct Listed {
+  std::string name;  // Suite.Name
+  bool disabled = false;
+};
+
+bool disabled_part(const std::string& s) { return s.rfind("DISABLED_", 0) == 0 || contains(s, "/DISABLED_"); }
+
+std::vector<Listed> list_tests(const std::string& binary) {
+  const ProcResult r = run_process({binary, "--gtest_list_tests"});
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  std::vector<Listed> v;
+  std::string suite;
+  for (auto l : split_lines(r.out)) {
+    if (l.rfind("Running main() from", 0) == 0 || l.empty()) continue;
+    if (const auto c = l.find("  # "); c != std::string::npos) l.erase(c);
+    if (l.rfind("  ", 0) == 0) {
+      const std::string name = l.substr(2);
+      v.push_back({suite + "." + name, disabled_part(suite) || disabled_part(name)});
+    } else {
+      suite = l.substr(0, l.size() - (l.back() == '.' ? 1 : 0));
+    }
+  }
+  return v;
+}
+
+// Outcomes ("passed"/"failed"/"skipped") from a direct run's end markers.
+std::map<std::string, std::string> direct_outcomes(const std::string& binary, const std::string& filter = "") {
+  std::vector<std::string> argv = {binary, "--gtest_color=no"};
+  if (!filter.empty()) argv.push_back("--gtest_filter=" + filter);
+  const ProcResult r = run_process(argv);
+  EXPECT_FALSE(r.timed_out);
+  static const std::regex re(R"(\[ +(OK|FAILED|SKIPPED) +\] (\S+?)(?:, where .*)? \(\d+ ms\)$)");
+  std::map<std::string, std::string> m;
+  for (const auto& l : split_lines(r.out)) {
+    std::smatch sm;
+    if (!std::regex_search(l, sm, re)) continue;
+    const std::string tag = sm[1];
+    m[sm[2]] = tag == "OK" ? "passed" : tag == "FAILED" ? "failed" : "skipped";
+  }
+  return m;
+}
+
+// ---------------------------------------------------------------------------
+// A small, strict XML parser (enough to check JUnit well-formedness)
+// ---------------------------------------------------------------------------
+
+struct XmlNode {
+  std::string name;
+  std::map<std::string, std::string> attrs;
+  std::vector<XmlNode> children;
+  std::string text;
+  std::vector<const XmlNode*> all(const std::string& n) const {
+    std::vector<const XmlNode*> v;
+    for (const auto& c : children)
+      if (c.name == n) v.push_back(&c);
+    return v;
+  }
+  const XmlNode* first(const std::string& n) const {
+    for (const auto& c : children)
+      if (c.name == n) return &c;
+    return nullptr;
+  }
+  std::string attr(const std::string& k) const {
+    const auto it = attrs.find(k);
+    return it == attrs.end() ? std::string("<missing " + k + ">") : it->second;
+  }
+};
+
+class XmlParser {
+ public:
+  explicit XmlParser(std::string_view s) : s_(s) {}
+  XmlNode parse() {
+    for (unsigned char c : s_)
+      if (c < 0x20 && c != '\n' && c != '\r' && c != '\t') fail("control character not allowed in XML 1.0");
+    skip_ws();
+    if (s_.substr(i_, 5) == "<?xml") {
+      const auto e = s_.find("?>", i_);
+      if (e == std::string_view::npos) fail("unterminated XML declaration");
+      i_ = e + 2;
+    }
+    skip_misc();
+    XmlNode root = element();
+    skip_misc();
+    if (i_ != s_.size()) fail("content after the root element");
+    return root;
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& why) const {
+    throw std::runtime_error("XML error at byte " + std::to_string(i_) + ": " + why);
+  }
+  void skip_ws() {
+    while (i_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[i_]))) ++i_;
+  }
+  void skip_misc() {
+    for (;;) {
+      skip_ws();
+      if (s_.substr(i_, 4) == "<!--") {
+        const auto e = s_.find("-->", i_);
+        if (e == std::string_view::npos) fail("unterminated comment");
+        i_ = e + 3;
+      } else {
+        return;
+      }
+    }
+  }
+  static bool name_start(char c) { return std::isalpha(static_cast<unsigned char>(c)) || c == '_' || c == ':'; }
+  static bool name_char(char c) {
+    return name_start(c) || std::isdigit(static_cast<unsigned char>(c)) || c == '-' || c == '.';
+  }
+  std::string name() {
+    if (i_ >= s_.size() || !name_start(s_[i_])) fail("expected a name");
+    const std::size_t b = i_;
+    while (i_ < s_.size() && name_char(s_[i_])) ++i_;
+    return std::string(s_.substr(b, i_ - b));
+  }
+  std::string decode(std::string_view raw) {
+    std::string o;
+    for (std::size_t k = 0; k < raw.size(); ++k) {
+      if (raw[k] == '<') fail("'<' in character data");
+      if (raw[k] != '&') {
+        o += raw[k];
+        continue;
+      }
+      const auto semi = raw.find(';', k);
+      if (semi == std::string_view::npos) fail("unterminated entity");
+      const std::string_view ent = raw.substr(k + 1, semi - k - 1);
+      if (ent == "amp") o += '&';
+      else if (ent == "lt") o += '<';
+      else if (ent == "gt") o += '>';
+      else if (ent == "quot") o += '"';
+      else if (ent == "apos") o += '\'';
+      else if (ent.size() > 1 && ent[0] == '#') {
+        const bool hex = ent[1] == 'x';
+        const unsigned long cp = std::stoul(std::string(ent.substr(hex ? 2 : 1)), nullptr, hex ? 16 : 10);
+        if (cp < 0x80) o += static_cast<char>(cp);
+        else o += "?";  // not needed here
+      } else {
+        fail("unknown entity &" + std::string(ent) + ";");
+      }
+      k = semi;
+    }
+    return o;
+  }
+  XmlNode element() {
+    if (i_ >= s_.size() || s_[i_] != '<') fail("expected '<'");
+    ++i_;
+    XmlNode n;
+    n.name = name();
+    for (;;) {
+      const std::size_t before = i_;
+      skip_ws();
+      if (i_ >= s_.size()) fail("unterminated start tag");
+      if (s_.substr(i_, 2) == "/>") {
+        i_ += 2;
+        return n;
+      }
+      if (s_[i_] == '>') {
+        ++i_;
+        break;
+      }
+      if (i_ == before) fail("expected whitespace before an attribute");
+      const std::string k = name();
+      skip_ws();
+      if (i_ >= s_.size() || s_[i_] != '=') fail("expected '=' after attribute " + k);
+      ++i_;
+      skip_ws();
+      if (i_ >= s_.size() || (s_[i_] != '"' && s_[i_] != '\'')) fail("expected a quoted value");
+      const char q = s_[i_++];
+      const auto e = s_.find(q, i_);
+      if (e == std::string_view::npos) fail("unterminated attribute value");
+      const std::string v = decode(s_.substr(i_, e - i_));
+      i_ = e + 1;
+      if (!n.attrs.emplace(k, v).second) fail("duplicate attribute " + k);
+    }
+    for (;;) {
+      if (i_ >= s_.size()) fail("unterminated element <" + n.name + ">");
+      if (s_.substr(i_, 2) == "</") {
+        i_ += 2;
+        const std::string close = name();
+        if (close != n.name) fail("</" + close + "> closes <" + n.name + ">");
+        skip_ws();
+        if (i_ >= s_.size() || s_[i_] != '>') fail("expected '>'");
+        ++i_;
+        return n;
+      }
+      if (s_.substr(i_, 4) == "<!--") {
+        skip_misc();
+        continue;
+      }
+      if (s_.substr(i_, 9) == "<![CDATA[") {
+        const auto e = s_.find("]]>", i_);
+        if (e == std::string_view::npos) fail("unterminated CDATA");
+        n.text += std::string(s_.substr(i_ + 9, e - i_ - 9));
+        i_ = e + 3;
+        continue;
+      }
+      if (s_[i_] == '<') {
+        n.children.push_back(element());
+        continue;
+      }
+      const auto e = s_.find('<', i_);
+      if (e == std::string_view::npos) fail("unterminated element <" + n.name + ">");
+      n.text += decode(s_.substr(i_, e - i_));
+      i_ = e;
+    }
+  }
+
+  std::string_view s_;
+  std::size_t i_ = 0;
+};
+
+// The JUnit report, parsed; fails the test (and returns nullopt) if it is
+// missing or not well-formed.
+std::optional<XmlNode> load_junit(const std::string& path) {
+  if (!fs::exists(path)) {
+    ADD_FAILURE() << "no JUnit XML written at " << path;
+    return std::nullopt;
+  }
+  const std::string text = read_file(path);
+  EXPECT_EQ(text.rfind("<?xml", 0), 0u) << "no XML declaration";
+  try {
+    XmlNode root = XmlParser(text).parse();
+    EXPECT_EQ(root.name, "testsuites");
+    return root;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "JUnit XML is not well-formed: " << e.what() << "\n" << text.substr(0, 4000);
+    return std::nullopt;
+  }
+}
+
+std::map<std::string, std::string> properties(const XmlNode& tc) {
+  std::map<std::string, std::string> m;
+  if (const XmlNode* ps = tc.first("properties"))
+    for (const XmlNode* p : ps->all("property")) m[p->attr("name")] = p->attr("value");
+  return m;
+}
+
+// ---------------------------------------------------------------------------
+// /proc helpers
+// ---------------------------------------------------------------------------
+
+struct ProcInfo {
+  pid_t pid = 0, ppid = 0;
+  char state = '?';
+  std::string exe, cmdline;
+};
+
+std::optional<ProcInfo> proc_info(pid_t pid) {
+  const std::string base = "/proc/" + std::to_string(pid);
+  std::ifstream st(base + "/stat");
+  std::string stat;
+  if (!std::getline(st, stat)) return std::nullopt;
+  const auto rp = stat.rfind(')');
+  if (rp == std::string::npos || rp + 4 > stat.size()) return std::nullopt;
+  ProcInfo p;
+  p.pid = pid;
+  p.state = stat[rp + 2];
+  p.ppid = static_cast<pid_t>(std::atoi(stat.c_str() + rp + 4));
+  std::error_code ec;
+  p.exe = fs::read_symlink(base + "/exe", ec).string();
+  std::string cmd = read_file(base + "/cmdline");
+  std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+  p.cmdline = cmd;
+  return p;
+}
+
+std::vector<ProcInfo> all_procs() {
+  std::vector<ProcInfo> v;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator("/proc", ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.empty() || !std::all_of(n.begin(), n.end(), ::isdigit)) continue;
+    if (auto p = proc_info(static_cast<pid_t>(std::stoi(n)))) v.push_back(*p);
+  }
+  return v;
+}
+
+bool alive(pid_t pid) {
+  const auto p = proc_info(pid);
+  return p && p->state != 'Z' && p->state != 'X';
+}
+
+// Processes descended from `root` whose executable is one of `exes`.
+std::vector<ProcInfo> descendants(pid_t root, const std::set<std::string>& exes) {
+  const auto procs = all_procs();
+  std::map<pid_t, pid_t> parent;
+  for (const auto& p : procs) parent[p.pid] = p.ppid;
+  std::vector<ProcInfo> v;
+  for (const auto& p : procs) {
+    if (!exes.count(p.exe) || p.state == 'Z') continue;
+    pid_t q = p.ppid;
+    for (int hops = 0; hops < 8 && q > 1 && q != root; ++hops) q = parent.count(q) ? parent[q] : 0;
+    if (q == root) v.push_back(p);
+  }
+  return v;
+}
+
+std::string canon(const std::string& p) {
+  std::error_code ec;
+  auto c = fs::canonical(p, ec);
+  return ec ? p : c.string();
+}
+
+// ---------------------------------------------------------------------------
+// Test fixture: a fresh temp dir per test, used as dtest's cwd. (Named
+// "e2e" so that `ctest -R e2e` selects these tests.)
+// ---------------------------------------------------------------------------
+
+class e2e : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(fs::exists(kDtest)) << kDtest;
+    ASSERT_TRUE(fs::exists(kAgent)) << kAgent;
+    const char* t = std::getenv("TMPDIR");
+    std::string tmpl = std::string(t && *t ? t : "/tmp") + "/dtest-e2e-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr) << std::strerror(errno);
+    tmp_ = canon(tmpl);
+    // Orphans of dtest (leaked agents or tests) get reparented to us, so the
+    // interrupt test can see them.
+    ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+  }
+  void TearDown() override {
+    std::error_code ec;
+    if (!tmp_.empty()) fs::remove_all(tmp_, ec);
+    while (::waitpid(-1, nullptr, WNOHANG) > 0) {
+    }
+  }
+  ProcResult run(const std::vector<std::string>& args, RunOptions opts = {}) {
+    if (opts.cwd.empty()) opts.cwd = tmp_;
+    return dtest(args, std::move(opts));
+  }
+  std::string tmp_;
+};
+
+const std::string kPass = fixture("fx_pass_test");
+const std::string kMixed = fixture("fx_mixed_test");
+const std::string kEnv = fixture("fx_env_test");
+const std::string kSleep = fixture("fx_sleep_test");
+const std::string kCrashers[] = {"Mixed.Segfault", "Mixed.Abort", "Mixed.Exit3"};
+
+std::string id_of(const std::string& binary, const std::string& name) { return binary + "::" + name; }
+
+// ===========================================================================
+// 1. Same per-test outcomes as running the binaries directly
+// ===========================================================================
+
+TEST_F(e2e, PassBinaryOutcomesMatchDirectRun) {
+  const auto listed = list_tests(kPass);
+  ASSERT_EQ(listed.size(), 34u);  // 31 enabled + 3 disabled
+  const auto direct = direct_outcomes(kPass);
+  // The direct run reports every enabled test and no disabled one.
+  std::size_t enabled = 0;
+  for (const auto& t : listed) {
+    if (t.disabled) {
+      EXPECT_EQ(direct.count(t.name), 0u) << t.name;
+    } else {
+      ++enabled;
+      EXPECT_EQ(direct.count(t.name), 1u) << "direct run did not report " << t.name;
+    }
+  }
+  EXPECT_EQ(direct.size(), enabled);
+
+  const ProcResult r = run({"-n", "2", "-v", kPass});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  const auto got = by_id(parse_verbose(r.out));
+  EXPECT_EQ(got.size(), listed.size()) << describe(r);
+  for (const auto& t : listed) {
+    const auto it = got.find(id_of(kPass, t.name));
+    if (it == got.end()) {
+      ADD_FAILURE() << "dtest reported no outcome for " << t.name;
+      continue;
+    }
+    if (t.disabled) {
+      EXPECT_EQ(it->second.outcome, "skipped") << t.name;
+      EXPECT_EQ(it->second.message, "disabled") << t.name;
+    } else {
+      EXPECT_EQ(it->second.outcome, direct.at(t.name)) << t.name;
+      EXPECT_TRUE(it->second.worker == "gw0" || it->second.worker == "gw1") << t.name << ": " << it->second.worker;
+    }
+  }
+  EXPECT_EQ(direct.at("Skipping.Skipped"), "skipped");  // sanity of the fixture
+}
+
+TEST_F(e2e, MixedBinaryOutcomesMatchDirectRun) {
+  const auto listed = list_tests(kMixed);
+  ASSERT_EQ(listed.size(), 32u);
+  // A crash ends a direct run, so the non-crashing tests run without the
+  // crashers, and each crasher runs alone.
+  const auto direct = direct_outcomes(kMixed, "-Mixed.Segfault:Mixed.Abort:Mixed.Exit3");
+  EXPECT_EQ(direct.size(), 29u);
+  const ProcResult seg = run_process({kMixed, "--gtest_filter=Mixed.Segfault"});
+  EXPECT_EQ(seg.signal, SIGSEGV) << describe(seg);
+  const ProcResult abrt = run_process({kMixed, "--gtest_filter=Mixed.Abort"});
+  EXPECT_EQ(abrt.signal, SIGABRT) << describe(abrt);
+  const ProcResult ex3 = run_process({kMixed, "--gtest_filter=Mixed.Exit3"});
+  EXPECT_EQ(ex3.exit_code, 3) << describe(ex3);
+
+  const ProcResult r = run({"-n", "2", "-v", kMixed});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 1) << describe(r);
+  const auto got = by_id(parse_verbose(r.out));
+  EXPECT_EQ(got.size(), listed.size()) << describe(r);
+  const std::set<std::string> crashers(std::begin(kCrashers), std::end(kCrashers));
+  for (const auto& t : listed) {
+    const auto it = got.find(id_of(kMixed, t.name));
+    if (it == got.end()) {
+      ADD_FAILURE() << "dtest reported no outcome for " << t.name;
+      continue;
+    }
+    if (crashers.count(t.name)) {
+      EXPECT_EQ(it->second.outcome, "crashed") << t.name;
+    } else {
+      ASSERT_EQ(direct.count(t.name), 1u) << t.name;
+      EXPECT_EQ(it->second.outcome, direct.at(t.name)) << t.name;
+    }
+  }
+}
+
+// ===========================================================================
+// 2. Crashes: reported as crashed, everything else still runs
+// ===========================================================================
+
+TEST_F(e2e, CrashesAreIsolatedAndEveryTestReports) {
+  const auto listed = list_tests(kMixed);
+  const ProcResult r = run({"-n", "2", "-v", kMixed});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 1) << describe(r);
+  const auto lines = parse_verbose(r.out);
+  EXPECT_EQ(lines.size(), listed.size()) << describe(r);  // one outcome per listed test
+  std::map<std::string, int> counts;
+  for (const auto& l : lines) ++counts[l.outcome];
+  EXPECT_EQ(counts["passed"], 27);
+  EXPECT_EQ(counts["failed"], 2);
+  EXPECT_EQ(counts["crashed"], 3);
+  EXPECT_EQ(counts.size(), 3u) << "unexpected outcome kinds\n" << describe(r);
+  const auto got = by_id(lines);
+  // Every test after a crasher still ran and passed.
+  for (const char* after : {"AfterSegfault", "AfterAbort", "AfterExit"})
+    for (int k = 1; k <= 5; ++k) {
+      const std::string id = id_of(kMixed, std::string("Mixed.") + after + std::to_string(k));
+      ASSERT_EQ(got.count(id), 1u) << id;
+      EXPECT_EQ(got.at(id).outcome, "passed") << id;
+    }
+
+  // The FAILURES section shows each crashed test's own output and status.
+  ASSERT_TRUE(contains(r.out, "= FAILURES =")) << describe(r);
+  const std::pair<std::string, std::string> status[] = {{"Mixed.Segfault", "signal 11 (SIGSEGV)"},
+                                                        {"Mixed.Abort", "signal 6 (SIGABRT)"},
+                                                        {"Mixed.Exit3", "exit status 3"}};
+  for (const auto& [name, st] : status) {
+    const std::string block = failure_block(r.out, id_of(kMixed, name));
+    EXPECT_TRUE(contains(block, "crashed")) << name << ":\n" << block;
+    EXPECT_TRUE(contains(block, "fx_mixed_test: stdout of " + name)) << name << ":\n" << block;
+    EXPECT_TRUE(contains(block, "dtest: test process exited mid-test: " + st)) << name << ":\n" << block;
+    EXPECT_TRUE(contains(r.out, "\nCRASHED " + id_of(kMixed, name))) << "short summary lacks " << name;
+  }
+  // The ordinary failures show their assertion message.
+  EXPECT_TRUE(contains(failure_block(r.out, id_of(kMixed, "Mixed.FailFirst")), "FX_MIXED_FAILURE_1"));
+  EXPECT_TRUE(contains(failure_block(r.out, id_of(kMixed, "Mixed.FailSecond")), "FX_MIXED_FAILURE_2"));
+  EXPECT_TRUE(contains(r.out, "\nFAILED " + id_of(kMixed, "Mixed.FailFirst")));
+  std::smatch m;
+  const std::string closing = last_nonempty_line(r.out);
+  EXPECT_TRUE(std::regex_match(closing, m, std::regex(R"(^=+ 2 failed, 3 crashed, 27 passed in \d+\.\d\ds =+$)")))
+      << closing;
+}
+
+TEST_F(e2e, CrashedTestsCarryTheirStatusAsMessage) {
+  const ProcResult r = run({"-n", "2", "-v", "--junitxml", tmp_ + "/crash.xml", kMixed});
+  ASSERT_FALSE(r.timed_out);
+  ASSERT_EQ(r.exit_code, 1) << describe(r);
+  const auto got = by_id(parse_verbose(r.out));
+  const std::pair<std::string, std::string> status[] = {{"Mixed.Segfault", "signal 11 (SIGSEGV)"},
+                                                        {"Mixed.Abort", "signal 6 (SIGABRT)"},
+                                                        {"Mixed.Exit3", "exit status 3"}};
+  bool all_empty = true;
+  for (const auto& [name, st] : status) {
+    const auto it = got.find(id_of(kMixed, name));
+    ASSERT_NE(it, got.end()) << name;
+    ASSERT_EQ(it->second.outcome, "crashed");
+    if (!it->second.message.empty()) all_empty = false;
+  }
+  if (all_empty)
+    GTEST_SKIP() << "known bug: crashed tests get no message (agent.cc finish_batch never sets "
+                    "\"message\" on the crashed event), so -v prints `CRASHED id` without ` - signal 11 "
+                    "(SIGSEGV)` and the JUnit <error message=\"\">";
+  for (const auto& [name, st] : status) {
+    const auto& l = got.at(id_of(kMixed, name));
+    EXPECT_EQ(l.message.rfind(st, 0), 0u) << name << ": '" << l.message << "'";  // may add ", core dumped"
+    EXPECT_TRUE(contains(r.out, "\nCRASHED " + id_of(kMixed, name) + " - " + st)) << name;
+    EXPECT_TRUE(contains(failure_block(r.out, id_of(kMixed, name)), "crashed: " + st)) << name;
+  }
+  const auto x = load_junit(tmp_ + "/crash.xml");
+  ASSERT_TRUE(x);
+  for (const XmlNode* ts : x->all("testsuite"))
+    for (const XmlNode* tc : ts->all("testcase"))
+      for (const auto& [name, st] : status)
+        if (tc->attr("classname") + "." + tc->attr("name") == name) {
+          const XmlNode* e = tc->first("error");
+          ASSERT_NE(e, nullptr) << name;
+          EXPECT_EQ(e->attr("message").rfind(st, 0), 0u) << name << ": " << e->attr("message");
+        }
+}
+
+TEST_F(e2e, OrdinaryTestFailuresAreNotReportedAsOutsideAnyTest) {
+  // A gtest process exits 1 because one of its tests failed; that is fully
+  // explained by the failed test and is no error "outside any test".
+  const ProcResult r = run({"-n", "2", kMixed});
+  ASSERT_FALSE(r.timed_out);
+  ASSERT_EQ(r.exit_code, 1) << describe(r);
+  if (contains(r.out, "outside any test"))
+    GTEST_SKIP() << "known bug: a batch whose only problem is an EXPECT failure (gtest exit status 1) "
+                    "triggers `dtest: warning: [gwN] ... ended with exit status 1 outside any test:` "
+                    "with gtest's whole summary dumped (session.cc on_batch_done / agent.cc finish_batch)";
+  EXPECT_FALSE(contains(r.out, "dtest: warning:")) << describe(r);
+}
+
+// ===========================================================================
+// 3. -n 2 really runs on two workers
+// ===========================================================================
+
+TEST_F(e2e, TwoWorkersBothRunTests) {
+  const std::string xml = tmp_ + "/sleep.xml";
+  const ProcResult r = run({"-n", "2", "-v", "--junitxml", xml, kSleep});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_TRUE(contains(r.out, "starting 2 gateways")) << describe(r);
+  const auto lines = parse_verbose(r.out);
+  ASSERT_EQ(lines.size(), 12u) << describe(r);
+  std::set<std::string> workers;
+  for (const auto& l : lines) {
+    EXPECT_EQ(l.outcome, "passed") << l.id;
+    workers.insert(l.worker);
+  }
+  EXPECT_EQ(workers, (std::set<std::string>{"gw0", "gw1"})) << describe(r);
+  // The JUnit report agrees on who ran what.
+  const auto x = load_junit(xml);
+  ASSERT_TRUE(x);
+  const auto got = by_id(lines);
+  std::set<std::string> xml_workers;
+  for (const XmlNode* ts : x->all("testsuite"))
+    for (const XmlNode* tc : ts->all("testcase")) {
+      const auto props = properties(*tc);
+      const std::string id = id_of(kSleep, tc->attr("classname") + "." + tc->attr("name"));
+      ASSERT_EQ(got.count(id), 1u) << id;
+      EXPECT_EQ(props.at("worker"), got.at(id).worker) << id;
+      xml_workers.insert(props.at("worker"));
+    }
+  EXPECT_EQ(xml_workers, workers);
+}
+
+// ===========================================================================
+// 4. The environment the tests see
+// ===========================================================================
+
+TEST_F(e2e, WorkerEnvironment) {
+  const std::string xml = tmp_ + "/env.xml";
+  const ProcResult r = run({"-n", "2", "-v", "--junitxml", xml, kEnv});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 0) << describe(r);  // EnvRequired.WorkerIsSet passes
+  const auto lines = parse_verbose(r.out);
+  EXPECT_EQ(lines.size(), 7u) << describe(r);
+  for (const auto& l : lines) EXPECT_EQ(l.outcome, "passed") << l.id;
+
+  const auto x = load_junit(xml);
+  ASSERT_TRUE(x);
+  std::set<std::string> uids;
+  int cases = 0;
+  static const std::regex worker_re(R"(DTEST_WORKER=(\S*))"), count_re(R"(DTEST_WORKER_COUNT=(\S*))"),
+      uid_re(R"(DTEST_TESTRUNUID=(\S*))");
+  for (const XmlNode* ts : x->all("testsuite"))
+    for (const XmlNode* tc : ts->all("testcase")) {
+      ++cases;
+      const XmlNode* so = tc->first("system-out");
+      ASSERT_NE(so, nullptr) << tc->attr("name");
+      const std::string& out = so->text;
+      std::smatch m;
+      ASSERT_TRUE(std::regex_search(out, m, worker_re)) << out;
+      const std::string w = m[1];
+      EXPECT_TRUE(w == "gw0" || w == "gw1") << w;
+      EXPECT_EQ(w, properties(*tc).at("worker")) << "the test saw the worker that ran it";
+      ASSERT_TRUE(std::regex_search(out, m, count_re)) << out;
+      EXPECT_EQ(m[1], "2");
+      ASSERT_TRUE(std::regex_search(out, m, uid_re)) << out;
+      EXPECT_TRUE(std::regex_match(std::string(m[1]), std::regex("[0-9a-f]{16,}"))) << m[1];
+      uids.insert(m[1]);
+      EXPECT_FALSE(contains(out, "unset")) << out;
+    }
+  EXPECT_EQ(cases, 7);
+  EXPECT_EQ(uids.size(), 1u) << "DTEST_TESTRUNUID differs between tests/workers";
+
+  // A second run gets a different run uid.
+  const ProcResult r2 = run({"-n", "2", "--junitxml", tmp_ + "/env2.xml", kEnv});
+  ASSERT_EQ(r2.exit_code, 0) << describe(r2);
+  std::smatch m;
+  const std::string t2 = read_file(tmp_ + "/env2.xml");
+  ASSERT_TRUE(std::regex_search(t2, m, uid_re));
+  EXPECT_EQ(uids.count(m[1]), 0u) << "two runs share a DTEST_TESTRUNUID";
+}
+
+// ===========================================================================
+// 5. --dist each / --dist no / no -n
+// ===========================================================================
+
+TEST_F(e2e, DistEachRunsEverythingOnEveryGateway) {
+  const auto listed = list_tests(kPass);
+  // (binary first: see OptionsBeforeBinaryAreNotSwallowedByTx)
+  const ProcResult r = run({kPass, "-v", "--dist", "each", "--tx", "popen", "--tx", "popen"});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_TRUE(contains(r.out, "collected 34 tests from 1 binary (x2 platforms, --dist each)")) << describe(r);
+  const auto lines = parse_verbose(r.out);
+  EXPECT_EQ(lines.size(), 2 * listed.size()) << describe(r);
+  std::map<std::string, std::multiset<std::string>> where;  // id -> gateways
+  std::map<std::string, std::map<std::string, int>> per_gw;  // gw -> outcome -> n
+  for (const auto& l : lines) {
+    where[l.id].insert(l.where());
+    ++per_gw[l.where()][l.outcome];
+    if (l.outcome != "skipped" || l.message != "disabled") {
+      EXPECT_EQ(l.worker, l.where()) << l.id;
+    }
+  }
+  for (const auto& t : listed)
+    EXPECT_EQ(where[id_of(kPass, t.name)], (std::multiset<std::string>{"gw0", "gw1"})) << t.name;
+  for (const char* gw : {"gw0", "gw1"}) {
+    EXPECT_EQ(per_gw[gw]["passed"], 30) << gw;
+    EXPECT_EQ(per_gw[gw]["skipped"], 4) << gw;
+    EXPECT_TRUE(std::regex_search(r.out, std::regex(std::string(R"((^|\n)\[)") + gw +
+                                                    R"(\] 30 passed, 4 skipped in \d+\.\d\ds\n)")))
+        << gw << "\n" << describe(r);
+  }
+  // Twice the single-gateway counts in the closing line.
+  EXPECT_TRUE(std::regex_match(last_nonempty_line(r.out), std::regex(R"(^=+ 60 passed, 8 skipped in \d+\.\d\ds =+$)")))
+      << last_nonempty_line(r.out);
+}
+
+TEST_F(e2e, OptionsBeforeBinaryAreNotSwallowedByTx) {
+  // The natural spelling puts the binary last. --tx takes ONE spec per use.
+  const ProcResult r = run({"--dist", "each", "--tx", "popen", "--tx", "popen", "-q", "--tx", "popen", kPass});
+  ASSERT_FALSE(r.timed_out);
+  if (r.exit_code == 4 && contains(r.err, "invalid xspec '" + kPass + "'"))
+    GTEST_SKIP() << "known bug: --tx is a greedy CLI11 vector option and swallows the following "
+                    "positional binary as another xspec (cli.cc add_option(\"--tx\", ...) lacks "
+                    "->expected(1) / allow_extra_args(false)); stderr: "
+                 << r.err;
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_TRUE(std::regex_match(last_nonempty_line(r.out), std::regex(R"(^90 passed, 12 skipped in \d+\.\d\ds$)")))
+      << describe(r);
+}
+
+TEST_F(e2e, DistNoRunsSeriallyOnOneGateway) {
+  const auto listed = list_tests(kPass);
+  for (const auto& args : std::vector<std::vector<std::string>>{{"-n", "2", "--dist", "no", "-v", kPass},
+                                                                {"-v", kPass}}) {
+    const ProcResult r = run(args);
+    ASSERT_FALSE(r.timed_out);
+    EXPECT_EQ(r.exit_code, 0) << describe(r);
+    EXPECT_TRUE(contains(r.out, "starting 1 gateway\n")) << describe(r);
+    EXPECT_FALSE(contains(r.out, "[gw1]")) << describe(r);
+    const auto lines = parse_verbose(r.out);
+    EXPECT_EQ(lines.size(), listed.size()) << describe(r);
+    for (const auto& l : lines) {
+      if (l.message == "disabled") continue;  // never ran anywhere
+      EXPECT_EQ(l.worker, "gw0") << l.id;
+    }
+    EXPECT_TRUE(std::regex_match(last_nonempty_line(r.out), std::regex(R"(^=+ 30 passed, 4 skipped in \d+\.\d\ds =+$)")))
+        << last_nonempty_line(r.out);
+  }
+}
+
+// ===========================================================================
+// 6. JUnit XML
+// ===========================================================================
+
+TEST_F(e2e, JUnitXmlIsWellFormedWithCorrectCounts) {
+  const std::string xml = tmp_ + "/sub/dir/report.xml";  // parent dirs are created
+  const ProcResult r = run({"-n", "2", "--junitxml", xml, kPass, kMixed});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 1) << describe(r);
+  const auto x = load_junit(xml);
+  ASSERT_TRUE(x);
+  EXPECT_EQ(x->attr("tests"), "66");
+  EXPECT_EQ(x->attr("failures"), "2");
+  EXPECT_EQ(x->attr("errors"), "3");
+  EXPECT_EQ(x->attr("skipped"), "4");
+  const auto suites = x->all("testsuite");
+  ASSERT_EQ(suites.size(), 2u);
+
+  struct Want {
+    std::string binary;
+    int tests, failures, errors, skipped;
+  };
+  const Want want[] = {{kPass, 34, 0, 0, 4}, {kMixed, 32, 2, 3, 0}};
+  for (std::size_t s = 0; s < 2; ++s) {
+    const XmlNode& ts = *suites[s];
+    const Want& w = want[s];
+    SCOPED_TRACE(w.binary);
+    EXPECT_EQ(ts.attr("name"), w.binary);
+    EXPECT_EQ(ts.attr("tests"), std::to_string(w.tests));
+    EXPECT_EQ(ts.attr("failures"), std::to_string(w.failures));
+    EXPECT_EQ(ts.attr("errors"), std::to_string(w.errors));
+    EXPECT_EQ(ts.attr("skipped"), std::to_string(w.skipped));
+    const auto cases = ts.all("testcase");
+    ASSERT_EQ(cases.size(), static_cast<std::size_t>(w.tests));
+    // The testcases are exactly the listed tests.
+    std::set<std::string> names, want_names;
+    for (const auto& t : list_tests(w.binary)) want_names.insert(t.name);
+    int failures = 0, errors = 0, skipped = 0;
+    for (const XmlNode* tc : cases) {
+      const std::string name = tc->attr("classname") + "." + tc->attr("name");
+      names.insert(name);
+      EXPECT_EQ(tc->attr("file"), w.binary) << name;
+      const auto props = properties(*tc);
+      ASSERT_EQ(props.count("worker"), 1u) << name;
+      ASSERT_EQ(props.count("gateway"), 1u) << name;
+      ASSERT_EQ(props.count("outcome"), 1u) << name;
+      const std::string outcome = props.at("outcome");
+      if (outcome == "skipped" && tc->first("skipped") && tc->first("skipped")->attr("message") == "disabled") {
+        EXPECT_TRUE(disabled_part(name.substr(0, name.find('.'))) || disabled_part(name.substr(name.find('.') + 1)))
+            << name;
+      } else {
+        EXPECT_TRUE(props.at("worker") == "gw0" || props.at("worker") == "gw1") << name << " " << props.at("worker");
+        EXPECT_EQ(props.at("gateway"), "2*popen") << name;
+      }
+      if (outcome == "passed") {
+        ASSERT_NE(tc->first("system-out"), nullptr) << name;
+        if (name != "Mixed.NoTrailingNewline") {
+          EXPECT_TRUE(contains(tc->first("system-out")->text, "stdout of " + name)) << name;
+        }
+      } else if (outcome == "failed") {
+        ++failures;
+        ASSERT_NE(tc->first("failure"), nullptr) << name;
+        EXPECT_TRUE(contains(tc->first("failure")->text, "FX_MIXED_FAILURE_")) << name;
+      } else if (outcome == "crashed") {
+        ++errors;
+        const XmlNode* e = tc->first("error");
+        ASSERT_NE(e, nullptr) << name;
+        EXPECT_EQ(e->attr("type"), "crashed");
+        EXPECT_TRUE(contains(e->text, "stdout of " + name)) << name;
+        EXPECT_TRUE(contains(e->text, "dtest: test process exited mid-test: ")) << name;
+      } else if (outcome == "skipped") {
+        ++skipped;
+        EXPECT_NE(tc->first("skipped"), nullptr) << name;
+      } else {
+        ADD_FAILURE() << name << ": unexpected outcome " << outcome;
+      }
+    }
+    EXPECT_EQ(names, want_names);
+    EXPECT_EQ(failures, w.failures);
+    EXPECT_EQ(errors, w.errors);
+    EXPECT_EQ(skipped, w.skipped);
+  }
+  // Special characters in test output are escaped, not breaking the XML:
+  // the failure text of EXPECT_EQ holds none, but the parser above already
+  // rejected any raw '<' or '&'.
+}
+
+// ===========================================================================
+// 7. Bad input: clear errors, fitting exit codes, no hang
+// ===========================================================================
+
+TEST_F(e2e, MalformedXspecIsAUsageErrorWithACaret) {
+  const ProcResult r = run({kPass, "--tx", "popen//=x"});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 4) << describe(r);
+  EXPECT_TRUE(contains(r.err, "invalid xspec 'popen//=x'")) << describe(r);
+  EXPECT_TRUE(contains(r.err, "column 8")) << describe(r);
+  const auto lines = split_lines(r.err);
+  bool caret_ok = false;
+  for (std::size_t i = 0; i + 1 < lines.size(); ++i) {
+    const auto at = lines[i].find("popen//=x");
+    if (at == std::string::npos || lines[i].find("invalid xspec") != std::string::npos) continue;
+    const std::string& caret = lines[i + 1];
+    const auto c = caret.find('^');
+    caret_ok = c != std::string::npos && c == at + 7 && caret.find_first_not_of(' ') == c;
+  }
+  EXPECT_TRUE(caret_ok) << "no caret under the '=':\n" << r.err;
+  EXPECT_FALSE(contains(r.out, "test session starts")) << "nothing should start";
+}
+
+TEST_F(e2e, BadNumprocessesIsAUsageError) {
+  const ProcResult r = run({"-n", "abc", kPass});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 4) << describe(r);
+  EXPECT_TRUE(contains(r.err, "-n expects a number or 'auto', got 'abc'")) << describe(r);
+}
+
+TEST_F(e2e, MissingBinaryIsAUsageError) {
+  const std::string missing = tmp_ + "/no_such_test_binary";
+  const ProcResult r = run({missing});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 4) << describe(r);
+  EXPECT_TRUE(contains(r.err, "no such file: " + missing)) << describe(r);
+  const ProcResult none = run({"-q"});
+  EXPECT_EQ(none.exit_code, 4) << describe(none);
+  EXPECT_TRUE(contains(none.err, "no test binaries given")) << describe(none);
+}
+
+TEST_F(e2e, NonGtestBinaryIsACollectionError) {
+  const std::string bin = fixture("fx_not_gtest");
+  const ProcResult r = run({bin});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 2) << describe(r);
+  const std::string all = r.out + r.err;
+  const auto at = all.find("ERROR collecting");
+  ASSERT_NE(at, std::string::npos) << describe(r);
+  const std::string section = all.substr(at);
+  EXPECT_TRUE(contains(section, bin)) << describe(r);
+  EXPECT_TRUE(contains(section, "is it a GoogleTest binary")) << describe(r);
+  EXPECT_TRUE(contains(section, "usage: fx_not_gtest")) << "its stderr should be shown\n" << describe(r);
+  EXPECT_TRUE(contains(r.out, "Interrupted: 1 error during collection")) << describe(r);
+  EXPECT_TRUE(parse_verbose(r.out).empty());
+}
+
+TEST_F(e2e, SilentBinaryIsNotAGtestBinary) {
+  const std::string bin = fixture("fx_silent");
+  const ProcResult r = run({bin});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 2) << describe(r);
+  const std::string all = r.out + r.err;
+  EXPECT_TRUE(contains(all, "ERROR collecting")) << describe(r);
+  EXPECT_TRUE(contains(all, bin + " is not a GoogleTest binary")) << describe(r);
+}
+
+TEST_F(e2e, CollectionErrorInOneBinaryStopsTheRun) {
+  const ProcResult r = run({"-v", kPass, fixture("fx_not_gtest")});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 2) << describe(r);
+  EXPECT_TRUE(contains(r.out, "ERROR collecting")) << describe(r);
+  EXPECT_TRUE(parse_verbose(r.out).empty()) << "nothing should run\n" << describe(r);
+}
+
+TEST_F(e2e, GarbageAgentFailsPromptly) {
+  // The fake agent sleeps 30 s after its garbage, and the default hello
+  // timeout is 30 s too: a 20 s hard timeout proves dtest reacted to the
+  // garbage itself.
+  RunOptions o;
+  o.timeout = 20;
+  const ProcResult r = run({kPass, "--tx", "popen//agent=" + fixture("fx_garbage_agent.sh")}, o);
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 3) << describe(r);
+  const std::string all = r.out + r.err;
+  EXPECT_TRUE(contains(all, "bad frame magic")) << describe(r);
+  EXPECT_TRUE(contains(all, "gateway failed")) << describe(r);
+  EXPECT_TRUE(contains(all, "no gateway came up")) << describe(r);
+  // The fake agent (its `sleep 30`) does not outlive dtest.
+  bool left = false;
+  for (int k = 0; k < 20; ++k) {
+    while (::waitpid(-1, nullptr, WNOHANG) > 0) {
+    }
+    left = false;
+    for (const auto& p : all_procs())
+      if (p.ppid == ::getpid() && p.state != 'Z' && contains(p.cmdline, "sleep 30")) left = true;
+    if (!left) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_FALSE(left) << "the garbage agent outlived dtest";
+}
+
+TEST_F(e2e, MissingAgentIsAClearError) {
+  const std::string agent = tmp_ + "/no-such-agent";
+  const ProcResult r = run({kPass, "--tx", "popen//agent=" + agent});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 3) << describe(r);
+  const std::string all = r.out + r.err;
+  EXPECT_TRUE(contains(all, "agent not found: " + agent)) << describe(r);
+  EXPECT_TRUE(contains(all, "no gateway came up")) << describe(r);
+}
+
+TEST_F(e2e, OneBadGatewayDoesNotStopTheOthers) {
+  const ProcResult r =
+      run({kPass, "-v", "--tx", "popen", "--tx", "popen//agent=" + fixture("fx_garbage_agent.sh")});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_TRUE(contains(r.out, "bad frame magic")) << describe(r);
+  const auto lines = parse_verbose(r.out);
+  EXPECT_EQ(lines.size(), 34u) << describe(r);
+  for (const auto& l : lines)
+    if (l.message != "disabled") {
+      EXPECT_EQ(l.worker, "gw0") << l.id;
+    }
+}
+
+// ===========================================================================
+// 8. dtest spec
+// ===========================================================================
+
+TEST_F(e2e, SpecSubcommandPrintsJson) {
+  const ProcResult r = run({"spec", "2*popen//chdir=/tmp/x//env:A=1"});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(r.out);
+  } catch (const std::exception& e) {
+    FAIL() << "not JSON: " << e.what() << "\n" << r.out;
+  }
+  ASSERT_TRUE(j.is_array());
+  ASSERT_EQ(j.size(), 1u);
+  const auto& s = j[0];
+  EXPECT_EQ(s.value("count", 0), 2);
+  EXPECT_EQ(s.value("type", ""), "popen");
+  EXPECT_EQ(s.value("chdir", ""), "/tmp/x");
+  EXPECT_EQ(s.value("spec", ""), "2*popen//chdir=/tmp/x//env:A=1");
+  ASSERT_TRUE(s.contains("env"));
+  EXPECT_EQ(s["env"], (nlohmann::json{{"A", "1"}}));
+
+  const ProcResult bad = run({"spec", "popen//=x"});
+  EXPECT_EQ(bad.exit_code, 4) << describe(bad);
+  EXPECT_TRUE(contains(bad.err, "invalid xspec 'popen//=x'")) << describe(bad);
+}
+
+// ===========================================================================
+// 10. -q and the default closing line
+// ===========================================================================
+
+TEST_F(e2e, QuietAndDefaultClosingLines) {
+  const ProcResult q = run({"-q", kPass});
+  ASSERT_FALSE(q.timed_out);
+  EXPECT_EQ(q.exit_code, 0) << describe(q);
+  EXPECT_TRUE(std::regex_match(last_nonempty_line(q.out), std::regex(R"(^30 passed, 4 skipped in \d+\.\d\ds$)")))
+      << describe(q);
+  EXPECT_FALSE(contains(q.out, "test session starts")) << describe(q);
+  EXPECT_FALSE(contains(q.out, "====")) << describe(q);
+
+  const ProcResult d = run({kPass});
+  ASSERT_FALSE(d.timed_out);
+  EXPECT_EQ(d.exit_code, 0) << describe(d);
+  const std::string closing = last_nonempty_line(d.out);
+  EXPECT_TRUE(std::regex_match(closing, std::regex(R"(^=+ 30 passed, 4 skipped in \d+\.\d\ds =+$)"))) << closing;
+  EXPECT_EQ(closing.size(), 80u) << closing;
+  EXPECT_TRUE(contains(d.out, "test session starts")) << describe(d);
+  EXPECT_TRUE(contains(d.out, "collected 34 tests from 1 binary")) << describe(d);
+  EXPECT_TRUE(parse_verbose(d.out).empty()) << "no per-test lines without -v";
+}
+
+// ===========================================================================
+// 11. chdir
+// ===========================================================================
+
+TEST_F(e2e, ChdirIsCreatedAndUsed) {
+  const std::string dir = tmp_ + "/newdir/sub";
+  ASSERT_FALSE(fs::exists(dir));
+  const std::string xml = tmp_ + "/chdir.xml";
+  const ProcResult r = run({kEnv, "-v", "--junitxml", xml, "--tx", "popen//chdir=" + dir});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_TRUE(fs::is_directory(dir)) << dir;
+  const auto x = load_junit(xml);
+  ASSERT_TRUE(x);
+  int n = 0;
+  for (const XmlNode* ts : x->all("testsuite"))
+    for (const XmlNode* tc : ts->all("testcase")) {
+      ++n;
+      const XmlNode* so = tc->first("system-out");
+      ASSERT_NE(so, nullptr);
+      EXPECT_TRUE(contains(so->text, "CWD=" + canon(dir) + "\n")) << so->text;
+    }
+  EXPECT_EQ(n, 7);
+
+  // A relative chdir is relative to where dtest runs, and a relative binary
+  // path still works from inside it.
+  fs::copy_file(kEnv, tmp_ + "/fx_env_copy");
+  const ProcResult rel = run({"./fx_env_copy", "--junitxml", "rel.xml", "--tx", "popen//chdir=rel/dir"});
+  ASSERT_FALSE(rel.timed_out);
+  EXPECT_EQ(rel.exit_code, 0) << describe(rel);
+  EXPECT_TRUE(fs::is_directory(tmp_ + "/rel/dir"));
+  EXPECT_TRUE(contains(read_file(tmp_ + "/rel.xml"), "CWD=" + tmp_ + "/rel/dir\n"));
+}
+
+// ===========================================================================
+// Output is streamed, not held back until exit
+// ===========================================================================
+
+TEST_F(e2e, ProgressIsStreamedWhileTestsRun) {
+  // With stdout a pipe (CI logs, `| tee`), per-test lines must appear while
+  // the run is still going: seen on the pipe at a moment when a test process
+  // of the same run is alive.
+  const std::string sleep_exe = canon(kSleep);
+  bool streamed = false, saw_running = false;
+  RunOptions o;
+  o.tick = [&](pid_t dt, const std::string& out) {
+    if (streamed) return;
+    const bool running = !descendants(dt, {sleep_exe}).empty();
+    saw_running |= running;
+    if (running && contains(out, "collected 12 tests from 1 binary") && contains(out, "PASSED")) streamed = true;
+  };
+  const ProcResult r = run({"-n", "2", "-v", kSleep}, o);
+  ASSERT_FALSE(r.timed_out);
+  ASSERT_EQ(r.exit_code, 0) << describe(r);
+  ASSERT_TRUE(saw_running) << "never saw a test process running";
+  if (!streamed)
+    GTEST_SKIP() << "known bug: dtest's output is fully buffered when stdout is not a terminal "
+                    "(std::cout, never flushed before finish()), so nothing shows until the run ends";
+  EXPECT_TRUE(streamed);
+}
+
+// ===========================================================================
+// 12. Interrupt
+// ===========================================================================
+
+void interrupt_test(const std::string& tmp, int sig, const std::string& reason) {
+  const std::string sleep_exe = canon(kSleep);
+  const std::string agent_exe = canon(kAgent);
+  std::set<pid_t> seen;  // agents and test processes of this run
+  bool sent = false;
+  bool saw_test_running = false;
+  const auto t0 = Clock::now();
+  RunOptions o;
+  o.cwd = tmp;
+  o.tick = [&](pid_t dt, const std::string&) {
+    for (const auto& p : descendants(dt, {sleep_exe, agent_exe})) {
+      seen.insert(p.pid);
+      if (p.exe == sleep_exe) saw_test_running = true;
+    }
+    // Interrupt once tests are really running (or, as a fallback, after 5 s).
+    if (!sent && (saw_test_running || Clock::now() - t0 > std::chrono::seconds(5))) {
+      ::kill(dt, sig);
+      sent = true;
+    }
+  };
+  const ProcResult r = dtest({"-n", "2", "-v", kSleep}, o);
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_TRUE(sent);
+  EXPECT_TRUE(saw_test_running) << "never saw a test process running";
+  EXPECT_EQ(r.exit_code, 2) << describe(r);
+  EXPECT_TRUE(contains(r.out, "Interrupted: " + reason)) << describe(r);
+  // Every test still has exactly one outcome: passed, or not run.
+  const auto lines = parse_verbose(r.out);
+  EXPECT_EQ(lines.size(), 12u) << describe(r);
+  int not_run = 0;
+  for (const auto& l : lines) {
+    EXPECT_TRUE(l.outcome == "passed" || l.outcome == "not run") << l.id << ": " << l.outcome;
+    if (l.outcome == "not run") {
+      ++not_run;
+      EXPECT_EQ(l.message, reason) << l.id;
+    }
+  }
+  EXPECT_GT(not_run, 0) << describe(r);
+  // Afterwards no agent or test process of this run is left (orphans would be
+  // reparented to us, the subreaper, so look for those as well).
+  std::vector<std::string> left;
+  for (int k = 0; k < 20; ++k) {
+    while (::waitpid(-1, nullptr, WNOHANG) > 0) {
+    }
+    left.clear();
+    for (pid_t p : seen)
+      if (alive(p)) left.push_back(std::to_string(p) + " (seen during the run)");
+    for (const auto& p : all_procs())
+      if (p.ppid == ::getpid() && p.state != 'Z' && (p.exe == sleep_exe || p.exe == agent_exe))
+        left.push_back(std::to_string(p.pid) + " " + p.cmdline);
+    if (left.empty()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(left.empty()) << "processes left behind: " << ::testing::PrintToString(left);
+  EXPECT_FALSE(seen.empty());
+}
+
+TEST_F(e2e, SigintStopsTheRunAndLeavesNoProcesses) { interrupt_test(tmp_, SIGINT, "KeyboardInterrupt"); }
+
+TEST_F(e2e, SigtermStopsTheRunAndLeavesNoProcesses) { interrupt_test(tmp_, SIGTERM, "terminated (SIGTERM)"); }
+
+}  // namespace
