@@ -78,6 +78,11 @@ class PopenGateway final : public Gateway {
     for (const auto& [k, v] : spec.env()) env[k] = v;
     if (auto py = spec.get("python")) env["DTEST_PYTHON"] = *py;
     try {
+      // Boost.Process makes its exec-error pipe with pipe() and only then
+      // sets FD_CLOEXEC; an agent forked by another gateway's thread in that
+      // window would inherit it and stall this start. One spawn at a time.
+      static std::mutex spawn_mu;
+      std::lock_guard spawn_lock(spawn_mu);
       child_ = bp::child(bp::exe = agent, bp::start_dir = dir.string(), env,
                          ChildSetup{{}, in_r, out_w, err_w, nice_value});
     } catch (const std::exception& e) {

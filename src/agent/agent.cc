@@ -164,6 +164,7 @@ void Agent::finish_batch(Batch& b) {
     pending_batch_ = b.id;
     const double measured = std::chrono::duration<double>(Clock::now() - b.started_at).count();
     nlohmann::json j = {{"test", e.name}, {"outcome", to_string(e.outcome)}, {"duration", measured}};
+    if (e.outcome == Outcome::crashed) j["message"] = status;
     if (!e.output.empty()) j["output"] = std::move(e.output);
     pending_.push_back(std::move(j));
   }

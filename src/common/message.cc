@@ -58,6 +58,41 @@ Frame encode_message(const Message& m, std::size_t compress_over) {
   return f;
 }
 
+namespace {
+
+// Rejects nesting deeper than kMaxDepth before the real (recursive) parse,
+// so a hostile peer cannot overflow the stack with [[[[...]]]].
+constexpr int kMaxDepth = 128;
+
+struct DepthCheck : nlohmann::json_sax<nlohmann::json> {
+  int depth = 0;
+  bool too_deep = false;
+  bool push() {
+    if (++depth > kMaxDepth) {
+      too_deep = true;
+      return false;
+    }
+    return true;
+  }
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override { return push(); }
+  bool key(string_t&) override { return true; }
+  bool end_object() override { return --depth, true; }
+  bool start_array(std::size_t) override { return push(); }
+  bool end_array() override { return --depth, true; }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override {
+    return false;
+  }
+};
+
+}  // namespace
+
 Message decode_message(const Frame& f) {
   Message m;
   if (f.kind < static_cast<std::uint8_t>(MsgKind::hello) ||
@@ -70,6 +105,11 @@ Message decode_message(const Frame& f) {
     plain = zstd_decompress(f.payload, kMaxDecodedPayload);
     bytes = plain;
   }
+  DepthCheck depth;
+  nlohmann::json::sax_parse(bytes.begin(), bytes.end(), &depth, nlohmann::json::input_format_t::cbor);
+  if (depth.too_deep)
+    throw ProtocolError(std::string(to_string(m.kind)) + " message: nesting deeper than " +
+                        std::to_string(kMaxDepth) + " levels");
   try {
     m.body = nlohmann::json::from_cbor(bytes.begin(), bytes.end());
   } catch (const nlohmann::json::exception& e) {
@@ -100,6 +140,9 @@ std::int64_t get_int(const Message& m, const char* name) {
   if (!v.is_number_integer())
     throw ProtocolError(std::string(to_string(m.kind)) + " message: field '" + name +
                         "' is not an integer");
+  if (v.is_number_unsigned() && v.get<std::uint64_t>() > static_cast<std::uint64_t>(INT64_MAX))
+    throw ProtocolError(std::string(to_string(m.kind)) + " message: field '" + name +
+                        "' is out of range");
   return v.get<std::int64_t>();
 }
 

@@ -415,18 +415,13 @@ TEST(DecodeMessage, ZstdWithoutDeclaredSizeRefused) {
 }
 
 TEST(DecodeMessage, DeeplyNestedCborRejectedCleanly) {
-  GTEST_SKIP() << "known bug: decode_message (message.cc, json::from_cbor call) parses CBOR "
-                  "recursively with no depth limit; ~40k nested arrays (a 40 KB frame, or a "
-                  "few hundred bytes of zstd) overflow the stack and SIGSEGV the receiver "
-                  "instead of raising ProtocolError";
-  // Expected behaviour once fixed (runs only when the skip is removed):
   for (std::size_t depth : {std::size_t{100000}, std::size_t{10000000}}) {
     std::string nested(depth, '\x81');  // [[[[...
     nested += '\xA0';                   // {}
     for (const Frame& f : {raw_frame(5, nested), raw_frame(5, zstd_compress(nested), kFlagZstd)}) {
       if (f.payload.size() > kMaxFramePayload) continue;
       const std::string msg = protocol_error([&] { decode_message(f); });
-      EXPECT_TRUE(starts_with(msg, "events message: ")) << msg;
+      EXPECT_EQ(msg, "events message: nesting deeper than 128 levels");
     }
   }
 }
@@ -528,9 +523,6 @@ TEST(Fields, GetIntExtremesAfterWireRoundTrip) {
 }
 
 TEST(Fields, GetIntRejectsUnsignedOutOfRange) {
-  GTEST_SKIP() << "known bug: get_int (message.cc) accepts any is_number_integer() value, so a "
-                  "CBOR unsigned > INT64_MAX (e.g. 18446744073709551615) is silently converted "
-                  "to a negative int64 (-1) instead of raising ProtocolError";
   Message m;
   m.kind = MsgKind::run;
   m.body = {{"batch", std::numeric_limits<std::uint64_t>::max()}};

@@ -66,7 +66,8 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
 
   app.add_option("binaries", binaries, "GoogleTest binaries to run");
   app.add_option("-n,--numprocesses", numprocesses, "number of local workers, or 'auto' (one per CPU); means --tx N*popen");
-  app.add_option("--tx", tx, "gateway xspec, repeatable: popen, 3*popen//chdir=/tmp/w, ...");
+  app.add_option("--tx", tx, "gateway xspec, repeatable: popen, 3*popen//chdir=/tmp/w, ...")
+      ->allow_extra_args(false);
   app.add_option("--dist", dist, "load (default with workers), each (whole suite on every gateway), no (serial)")
       ->check(CLI::IsMember({"load", "each", "no"}));
   app.add_flag("-q,--quiet", quiet, "less output");

@@ -68,6 +68,7 @@ struct Slot {
   std::unique_ptr<gateway::Gateway> gw;
   std::mutex gw_mu;       // guards `gw` while the reader thread installs it
   std::thread reader;
+  bool abandoned = false;  // declared dead before its gateway arrived (under gw_mu)
   SlotState state = SlotState::opening;
   Clock::time_point started;
   std::int64_t batch = 0;  // session batch id in flight, 0 if idle
@@ -199,6 +200,10 @@ void Session::Impl::reader_main(int i) {
     auto g = factory(s.spec, s.info.id);
     {
       std::lock_guard lock(s.gw_mu);
+      if (s.abandoned) {  // given up on (hello timeout) while it was opening
+        g->terminate();
+        return;
+      }
       s.gw = std::move(g);
       gw = s.gw.get();
     }
@@ -226,6 +231,7 @@ void Session::Impl::slot_down(int i, const std::string& why, bool failed) {
   s.info.error = why;
   {
     std::lock_guard lock(s.gw_mu);
+    s.abandoned = true;
     if (s.gw) {
       s.gw->terminate();
       const std::string diag = s.gw->diagnostics();
@@ -568,7 +574,14 @@ void Session::Impl::on_batch_done(int i, const Message& m) {
     r.gateway = s.info.spec;
     record(f.unit, t, std::move(r));
   }
-  if (auto o = m.body.find("outside_output"); o != m.body.end() && o->is_string() && !m.body.contains("crashed")) {
+  // A process that failed while none of its tests did failed outside any
+  // test (global set-up or tear-down, a sanitizer at exit): say so.
+  bool explained = m.body.contains("crashed");
+  for (const auto& [name, t] : f.index) {
+    const auto& r = units[static_cast<std::size_t>(f.unit)].results[static_cast<std::size_t>(t)];
+    if (r && is_failure(r->outcome)) explained = true;
+  }
+  if (auto o = m.body.find("outside_output"); o != m.body.end() && o->is_string() && !explained) {
     const auto& bin = us.paths[static_cast<std::size_t>(us.binary_of[static_cast<std::size_t>(f.index.begin()->second)])];
     run_errors.push_back(fmt::format("[{}] {} ended with {} outside any test:\n{}", s.info.id, bin, status,
                                      o->get<std::string>()));

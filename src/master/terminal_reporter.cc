@@ -38,6 +38,15 @@ void TerminalReporter::rule(const std::string& title, char fill) {
   out_ << std::string(pad / 2, fill) << t << std::string(pad - pad / 2, fill) << "\n";
 }
 
+// Output reaches a pipe (CI, tee) as it happens, without a write per test.
+void TerminalReporter::flush_soon() {
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_flush_ >= std::chrono::milliseconds(100)) {
+    out_.flush();
+    last_flush_ = now;
+  }
+}
+
 void TerminalReporter::progress_newline() {
   if (!in_progress_) return;
   const unsigned pct = total_ ? static_cast<unsigned>(done_ * 100 / total_) : 100;
@@ -52,6 +61,7 @@ void TerminalReporter::session_start(const std::string& rootdir, std::size_t gat
   rule("test session starts", '=');
   out_ << "dtest " << DTEST_VERSION << " -- rootdir: " << rootdir << "\n";
   out_ << "starting " << gateways << (gateways == 1 ? " gateway" : " gateways") << "\n";
+  out_.flush();
 }
 
 void TerminalReporter::gateway_up(const GatewayInfo& gw) {
@@ -61,17 +71,20 @@ void TerminalReporter::gateway_up(const GatewayInfo& gw) {
                       h.value("os", "?"), h.value("arch", "?"), h.value("cpus", 0),
                       h.value("hostname", "?"), h.value("agent_version", "?"), h.value("pid", 0),
                       gw.spec);
+  out_.flush();
 }
 
 void TerminalReporter::gateway_failed(const GatewayInfo& gw) {
   progress_newline();
   out_ << fmt::format("[{}] gateway failed ({}): {}\n", gw.id, gw.spec, gw.error);
+  out_.flush();
 }
 
 void TerminalReporter::gateway_lost(const GatewayInfo& gw, std::size_t requeued) {
   progress_newline();
   out_ << fmt::format("[{}] gateway lost ({}): {}; {} test(s) returned to the queue\n", gw.id,
                       gw.spec, gw.error, requeued);
+  out_.flush();
 }
 
 void TerminalReporter::collected(std::size_t tests, std::size_t binaries, std::size_t units) {
@@ -81,6 +94,7 @@ void TerminalReporter::collected(std::size_t tests, std::size_t binaries, std::s
   if (units > 1) out_ << fmt::format(" (x{} platforms, --dist each)", units);
   out_ << "\n";
   if (verbosity_ >= 0) out_ << "\n";
+  out_.flush();
 }
 
 void TerminalReporter::collection_errors(const std::vector<std::string>& errors) {
@@ -90,26 +104,31 @@ void TerminalReporter::collection_errors(const std::vector<std::string>& errors)
     rule("ERROR collecting", '_');
     out_ << e << "\n";
   }
+  out_.flush();
 }
 
 void TerminalReporter::warning(const std::string& text) {
   progress_newline();
   out_ << "dtest: warning: " << text << "\n";
+  out_.flush();
 }
 
 void TerminalReporter::result(const Unit& unit, const TestCase& t, const TestResult& r) {
   ++done_;
   if (verbosity_ > 0) {
     const unsigned pct = total_ ? static_cast<unsigned>(done_ * 100 / total_) : 100;
-    out_ << fmt::format("[{}] [{:3}%] {} {}", r.worker, pct, upper(to_string(r.outcome)), t.id());
+    if (!r.worker.empty()) out_ << "[" << r.worker << "] ";
+    out_ << fmt::format("[{:3}%] {} {}", pct, upper(to_string(r.outcome)), t.id());
     if (!unit.name.empty() && unit.name != r.worker) out_ << " (" << unit.name << ")";
     if (r.outcome != Outcome::passed && !r.message.empty()) out_ << " - " << r.message;
     out_ << "\n";
+    flush_soon();
     return;
   }
   out_ << outcome_letter(r.outcome);
   in_progress_ = true;
   if (++column_ >= kProgressWidth) progress_newline();
+  flush_soon();
 }
 
 std::string TerminalReporter::summary_line(const Summary& s) {

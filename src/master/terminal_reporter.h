@@ -40,6 +40,8 @@ class TerminalReporter {
  private:
   void rule(const std::string& title, char fill);
   void progress_newline();
+  void flush_soon();
+  std::chrono::steady_clock::time_point last_flush_{};
   std::ostream& out_;
   int verbosity_;
   std::size_t total_ = 0;
