@@ -639,6 +639,8 @@ void Session::Impl::shutdown() {
   for (std::size_t i = 0; i < slots.size(); ++i) {
     auto& s = *slots[i];
     std::lock_guard lock(s.gw_mu);
+    // A gateway still opening is terminated by its reader when it arrives.
+    s.abandoned = true;
     if (!s.gw) continue;
     if (s.state != SlotState::dead) {
       try {
