@@ -85,6 +85,7 @@ class Agent {
   void send(MsgKind k, nlohmann::json body) { write_all(out_, encode_frame(encode_message({k, std::move(body)}))); }
   void log(const std::string& text) { send(MsgKind::log, {{"message", text}}); }
   void handle(const Message& m);
+  void dispatch(const Message& m);
   void start_batch(const Message& m);
   void read_batch(Batch& b, bool drain);
   void parse_output(Batch& b, std::string_view bytes);
@@ -206,7 +207,9 @@ void Agent::start_batch(const Message& m) {
   auto b = std::make_unique<Batch>();
   b->id = get_int(m, "batch");
   b->binary = get_string(m, "binary");
-  for (const auto& t : field(m, "tests")) {
+  const auto& tests = field(m, "tests");
+  if (!tests.is_array()) throw ProtocolError("run message: 'tests' is not a list");
+  for (const auto& t : tests) {
     if (!t.is_string()) throw ProtocolError("run message: 'tests' holds a non-string");
     b->tests.push_back(t.get<std::string>());
   }
@@ -231,17 +234,29 @@ void Agent::start_batch(const Message& m) {
 }
 
 void Agent::handle(const Message& m) {
+  try {
+    dispatch(m);
+  } catch (const nlohmann::json::exception& e) {
+    throw ProtocolError(std::string(to_string(m.kind)) + " message: a field is missing or has the wrong type (" +
+                        e.what() + ")");
+  }
+}
+
+void Agent::dispatch(const Message& m) {
   switch (m.kind) {
     case MsgKind::collect: {
+      const std::int64_t id = get_int(m, "id");
       const auto& suite = field(m, "suite");
-      if (!suite.is_object() || suite.value("kind", "") != "gtest")
+      if (!suite.is_object() || !suite.contains("kind") || suite["kind"] != "gtest")
         throw ProtocolError("collect message: unsupported suite kind");
+      if (!suite.contains("binaries") || !suite["binaries"].is_array())
+        throw ProtocolError("collect message: 'suite.binaries' is not a list");
       nlohmann::json bins = nlohmann::json::array();
-      for (const auto& p : suite.at("binaries")) {
+      for (const auto& p : suite["binaries"]) {
         if (!p.is_string()) throw ProtocolError("collect message: a binary path is not a string");
         bins.push_back(gtest::collect_binary(p.get<std::string>()));
       }
-      send(MsgKind::collected, {{"id", get_int(m, "id")}, {"binaries", std::move(bins)}});
+      send(MsgKind::collected, {{"id", id}, {"binaries", std::move(bins)}});
       return;
     }
     case MsgKind::run:

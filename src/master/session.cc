@@ -208,10 +208,20 @@ void Session::Impl::reader_main(int i) {
       gw = s.gw.get();
     }
     events.push(Event(i, Event::Kind::opened));
-    while (auto f = gw->receive()) events.push(Event(i, decode_message(*f)));
+    while (auto f = gw->receive()) {
+      Message m;
+      try {
+        m = decode_message(*f);
+      } catch (const ProtocolError& e) {
+        throw ProtocolError(std::string("bad message from the agent: ") + e.what());
+      }
+      events.push(Event(i, std::move(m)));
+    }
     events.push(Event(i, Event::Kind::closed, "the agent closed the connection"));
   } catch (const ProtocolError& e) {
-    std::string why = std::string("garbage from the agent (its stdout must carry only frames): ") + e.what();
+    std::string why = e.what();
+    if (why.rfind("bad message", 0) != 0)
+      why = "garbage from the agent (its stdout must carry only frames): " + why;
     if (gw) {
       gw->terminate();
       const std::string diag = gw->diagnostics();
@@ -278,6 +288,11 @@ void Session::Impl::handle(Event& e) {
         on_message(e.slot, e.msg);
       } catch (const ProtocolError& err) {
         slot_down(e.slot, std::string("protocol error: ") + err.what(), true);
+      } catch (const nlohmann::json::exception& err) {
+        // A field of the wrong type read with value(): as bad as a missing one.
+        slot_down(e.slot, fmt::format("protocol error: {} message: a field has the wrong type ({})",
+                                      to_string(e.msg.kind), err.what()),
+                  true);
       }
       return;
     case Event::Kind::closed:
