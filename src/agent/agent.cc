@@ -13,6 +13,7 @@
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "agent/gtest_adapter.h"
@@ -40,10 +41,13 @@ struct Batch {
   std::int64_t id = 0;
   std::string binary;
   std::vector<std::string> tests;
+  std::unordered_map<std::string, std::uint32_t> pos;  // name -> index in `tests`
   Child child;
   gtest::RunParser parser;
   std::string flagfile;
   Clock::time_point started_at;  // of the current test
+  Clock::time_point spawned_at;
+  double startup = -1;  // seconds from spawn to the first test starting
   bool exited = false;
   int status = 0;
 };
@@ -89,6 +93,7 @@ class Agent {
   void start_batch(const Message& m);
   void read_batch(Batch& b, bool drain);
   void parse_output(Batch& b, std::string_view bytes);
+  void add_result(Batch& b, gtest::TestEvent& e, double seconds, const std::string& message);
   void finish_batch(Batch& b);
   void reap();
   void flush_events();
@@ -97,16 +102,40 @@ class Agent {
   int in_, out_;
   FrameDecoder decoder_;
   std::vector<std::unique_ptr<Batch>> batches_;
-  nlohmann::json pending_ = nlohmann::json::array();  // finished-test events not yet sent
+  // Results not yet sent (all of one batch): packed records, and the output
+  // and message of the tests that have one, as [index, text] pairs.
   std::int64_t pending_batch_ = -1;
+  std::vector<std::uint8_t> pending_records_;
+  nlohmann::json pending_outputs_ = nlohmann::json::array();
+  nlohmann::json pending_messages_ = nlohmann::json::array();
   bool stop_ = false;
 };
 
 void Agent::flush_events() {
-  if (pending_.empty()) return;
-  send(MsgKind::events, {{"batch", pending_batch_}, {"events", std::move(pending_)}});
-  pending_ = nlohmann::json::array();
+  if (pending_records_.empty()) return;
+  nlohmann::json body = {{"batch", pending_batch_},
+                         {"results", nlohmann::json::binary(std::move(pending_records_))}};
+  if (!pending_outputs_.empty()) body["outputs"] = std::move(pending_outputs_);
+  if (!pending_messages_.empty()) body["messages"] = std::move(pending_messages_);
+  send(MsgKind::events, std::move(body));
+  pending_records_.clear();
+  pending_outputs_ = nlohmann::json::array();
+  pending_messages_ = nlohmann::json::array();
   pending_batch_ = -1;
+}
+
+void Agent::add_result(Batch& b, gtest::TestEvent& e, double seconds, const std::string& message) {
+  const auto it = b.pos.find(e.name);
+  if (it == b.pos.end()) {
+    // gtest ran something we did not ask for: not ours to report.
+    log("ignoring a result for '" + e.name + "', which is not in batch " + std::to_string(b.id));
+    return;
+  }
+  if (pending_batch_ != b.id) flush_events();
+  pending_batch_ = b.id;
+  append_record(pending_records_, {it->second, e.outcome, seconds});
+  if (!e.output.empty()) pending_outputs_.push_back({it->second, std::move(e.output)});
+  if (!message.empty()) pending_messages_.push_back({it->second, message});
 }
 
 void Agent::parse_output(Batch& b, std::string_view bytes) {
@@ -116,16 +145,11 @@ void Agent::parse_output(Batch& b, std::string_view bytes) {
     const auto now = Clock::now();
     if (e.kind == gtest::TestEvent::Kind::started) {
       b.started_at = now;
+      if (b.startup < 0) b.startup = std::chrono::duration<double>(now - b.spawned_at).count();
       continue;
     }
-    if (pending_batch_ != b.id) flush_events();
-    pending_batch_ = b.id;
     const double measured = std::chrono::duration<double>(now - b.started_at).count();
-    nlohmann::json j = {{"test", e.name},
-                        {"outcome", to_string(e.outcome)},
-                        {"duration", std::max(measured, e.duration_ms / 1000.0)}};
-    if (!e.output.empty()) j["output"] = std::move(e.output);
-    pending_.push_back(std::move(j));
+    add_result(b, e, std::max(measured, e.duration_ms / 1000.0), {});
   }
 }
 
@@ -161,22 +185,19 @@ void Agent::finish_batch(Batch& b) {
   b.parser.finish(status, evs);
   for (auto& e : evs) {
     if (e.kind != gtest::TestEvent::Kind::finished) continue;
-    if (pending_batch_ != b.id) flush_events();
-    pending_batch_ = b.id;
     const double measured = std::chrono::duration<double>(Clock::now() - b.started_at).count();
-    nlohmann::json j = {{"test", e.name}, {"outcome", to_string(e.outcome)}, {"duration", measured}};
-    if (e.outcome == Outcome::crashed) j["message"] = status;
-    if (!e.output.empty()) j["output"] = std::move(e.output);
-    pending_.push_back(std::move(j));
+    add_result(b, e, measured, e.outcome == Outcome::crashed ? status : std::string());
   }
   flush_events();
   std::unordered_set<std::string> done(b.parser.finished().begin(), b.parser.finished().end());
   nlohmann::json unrun = nlohmann::json::array();
-  for (const auto& t : b.tests)
-    if (!done.count(t) && t != crashed) unrun.push_back(t);
+  for (std::uint32_t i = 0; i < b.tests.size(); ++i)
+    if (!done.count(b.tests[i]) && b.tests[i] != crashed) unrun.push_back(i);
   nlohmann::json body = {{"batch", b.id}, {"status", status}, {"unrun", std::move(unrun)}};
   body["exit_code"] = WIFEXITED(b.status) ? WEXITSTATUS(b.status) : -1;
-  if (!crashed.empty()) body["crashed"] = crashed;
+  body["seconds"] = std::chrono::duration<double>(Clock::now() - b.spawned_at).count();
+  if (b.startup >= 0) body["startup"] = b.startup;
+  if (auto it = b.pos.find(crashed); it != b.pos.end()) body["crashed"] = it->second;
   if (!(WIFEXITED(b.status) && WEXITSTATUS(b.status) == 0) && !b.parser.outside_output().empty())
     body["outside_output"] = b.parser.outside_output();
   if (!b.flagfile.empty()) ::unlink(b.flagfile.c_str());
@@ -211,6 +232,7 @@ void Agent::start_batch(const Message& m) {
   if (!tests.is_array()) throw ProtocolError("run message: 'tests' is not a list");
   for (const auto& t : tests) {
     if (!t.is_string()) throw ProtocolError("run message: 'tests' holds a non-string");
+    b->pos.emplace(t.get<std::string>(), static_cast<std::uint32_t>(b->tests.size()));
     b->tests.push_back(t.get<std::string>());
   }
   SpawnOptions so;
@@ -222,14 +244,15 @@ void Agent::start_batch(const Message& m) {
     b->child = spawn(so);
   } catch (const std::exception& e) {
     // Could not start: every test goes back to the master unrun.
-    nlohmann::json unrun = b->tests;
+    nlohmann::json unrun = nlohmann::json::array();
+    for (std::uint32_t i = 0; i < b->tests.size(); ++i) unrun.push_back(i);
     send(MsgKind::batch_done, {{"batch", b->id}, {"status", e.what()}, {"exit_code", -1},
                                {"unrun", std::move(unrun)}, {"spawn_error", e.what()}});
     if (!b->flagfile.empty()) ::unlink(b->flagfile.c_str());
     return;
   }
   set_nonblocking(b->child.out_fd, true);
-  b->started_at = Clock::now();
+  b->started_at = b->spawned_at = Clock::now();
   batches_.push_back(std::move(b));
 }
 

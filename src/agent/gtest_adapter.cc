@@ -1,14 +1,20 @@
 #include "agent/gtest_adapter.h"
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
+#include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 #include "agent/gtest_parse.h"
 #include "agent/subprocess.h"
@@ -43,6 +49,65 @@ std::string tail(const std::string& s, std::size_t n = 2000) {
   return t;
 }
 
+// The listing cache. Listing a binary costs a process start plus printing
+// every name (20,000 tests: ~60 ms, as much as running them); CTest's
+// gtest_discover_tests likewise lists once per build. The key is the file's
+// identity (device, inode, size, mtime and ctime in ns) plus the GTEST_*
+// variables that change what a listing prints; a rebuilt binary never hits.
+// DTEST_LIST_CACHE=0 turns it off.
+std::string list_cache_path(const std::string& path, const struct stat& st) {
+  if (const char* off = std::getenv("DTEST_LIST_CACHE"); off && std::string(off) == "0") return {};
+  std::string dir;
+  if (const char* d = std::getenv("DTEST_CACHE_DIR"); d && *d) {
+    dir = d;
+  } else if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) {
+    dir = std::string(x) + "/dtest";
+  } else if (const char* h = std::getenv("HOME"); h && *h) {
+    dir = std::string(h) + "/.cache/dtest";
+  } else {
+    return {};
+  }
+  std::string key = path;
+  for (long long v : {static_cast<long long>(st.st_dev), static_cast<long long>(st.st_ino),
+                      static_cast<long long>(st.st_size), static_cast<long long>(st.st_mtim.tv_sec),
+                      static_cast<long long>(st.st_mtim.tv_nsec), static_cast<long long>(st.st_ctim.tv_sec),
+                      static_cast<long long>(st.st_ctim.tv_nsec)})
+    key += '\0' + std::to_string(v);
+  for (const char* var : {"GTEST_FILTER", "GTEST_ALSO_RUN_DISABLED_TESTS"}) {
+    const char* v = std::getenv(var);
+    key += std::string("\0") + var + "=" + (v ? v : "\x01unset");
+  }
+  char name[40];
+  std::snprintf(name, sizeof name, "%016llx", static_cast<unsigned long long>(XXH3_64bits(key.data(), key.size())));
+  return dir + "/lists/" + name;
+}
+
+bool read_file(const std::string& path, std::string& out) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return false;
+  out.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  return static_cast<bool>(f) || f.eof();
+}
+
+// Best effort: a cache that cannot be written is no error.
+void write_file_atomically(const std::string& path, const std::string& data) {
+  const auto slash = path.rfind('/');
+  std::error_code ec;
+  std::filesystem::create_directories(path.substr(0, slash), ec);
+  if (ec) return;
+  std::string tmp = path + ".tmp.XXXXXX";
+  const int fd = ::mkstemp(tmp.data());
+  if (fd < 0) return;
+  bool ok = true;
+  try {
+    write_all(fd, data);
+  } catch (...) {
+    ok = false;
+  }
+  ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) ::unlink(tmp.c_str());
+}
+
 }  // namespace
 
 nlohmann::json collect_binary(const std::string& path, double timeout_s) {
@@ -60,14 +125,19 @@ nlohmann::json collect_binary(const std::string& path, double timeout_s) {
     out["error"] = path + ": not executable";
     return out;
   }
-  SpawnOptions so;
-  so.argv = {path, "--gtest_list_tests"};
+  const std::string cache = list_cache_path(path, st);
   Captured cap;
-  try {
-    cap = run_capture(so, timeout_s);
-  } catch (const std::exception& e) {
-    out["error"] = e.what();
-    return out;
+  if (cache.empty() || !read_file(cache, cap.out)) {
+    SpawnOptions so;
+    so.argv = {path, "--gtest_list_tests"};
+    try {
+      cap = run_capture(so, timeout_s);
+    } catch (const std::exception& e) {
+      out["error"] = e.what();
+      return out;
+    }
+  } else {
+    out["cached"] = true;
   }
   if (cap.timed_out) {
     out["error"] = path + " --gtest_list_tests did not finish within " +
@@ -94,15 +164,26 @@ nlohmann::json collect_binary(const std::string& path, double timeout_s) {
                           " and the file has no GoogleTest flags";
     return out;
   }
-  nlohmann::json arr = nlohmann::json::array();
-  for (const auto& t : tests) {
-    nlohmann::json j = {{"name", t.full}};
-    if (t.disabled) j["disabled"] = true;
-    if (!t.type_param.empty()) j["type_param"] = t.type_param;
-    if (!t.value_param.empty()) j["value_param"] = t.value_param;
-    arr.push_back(std::move(j));
+  if (!cache.empty() && !out.contains("cached")) write_file_atomically(cache, cap.out);
+  // Compact: one string of names, and only the exceptions as indices, so a
+  // 20,000-test listing is a few hundred KB of CBOR and no per-test maps.
+  std::string names;
+  nlohmann::json disabled = nlohmann::json::array();
+  nlohmann::json type_params = nlohmann::json::array();
+  nlohmann::json value_params = nlohmann::json::array();
+  for (std::size_t i = 0; i < tests.size(); ++i) {
+    const auto& t = tests[i];
+    if (i) names += '\n';
+    names += t.full;
+    if (t.disabled) disabled.push_back(i);
+    if (!t.type_param.empty()) type_params.push_back({i, t.type_param});
+    if (!t.value_param.empty()) value_params.push_back({i, t.value_param});
   }
-  out["tests"] = std::move(arr);
+  out["count"] = tests.size();
+  out["names"] = std::move(names);
+  if (!disabled.empty()) out["disabled"] = std::move(disabled);
+  if (!type_params.empty()) out["type_params"] = std::move(type_params);
+  if (!value_params.empty()) out["value_params"] = std::move(value_params);
   return out;
 }
 

@@ -10,7 +10,8 @@
 namespace dtest::gtest {
 
 // Lists one binary with --gtest_list_tests. Returns
-//   {"path": P, "tests": [{"name", "disabled"?, "type_param"?, "value_param"?}]}
+//   {"path": P, "count": N, "names": "A.x\nA.y\n...", "disabled": [i...]?,
+//    "type_params": [[i, text]...]?, "value_params": [[i, text]...]?}
 // or {"path": P, "error": "..."} saying clearly why it could not be listed.
 nlohmann::json collect_binary(const std::string& path, double timeout_s = 120);
 

@@ -1,5 +1,7 @@
 #include "common/message.h"
 
+#include <cstring>
+
 #include <zstd.h>
 
 namespace dtest {
@@ -118,6 +120,45 @@ Message decode_message(const Frame& f) {
   if (!m.body.is_object())
     throw ProtocolError(std::string(to_string(m.kind)) + " message: body is not a map");
   return m;
+}
+
+void append_record(std::vector<std::uint8_t>& out, const ResultRecord& r) {
+  std::uint64_t secs;
+  static_assert(sizeof secs == sizeof r.seconds);
+  std::memcpy(&secs, &r.seconds, sizeof secs);
+  const auto code = static_cast<std::uint32_t>(r.outcome);
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<std::uint8_t>(r.index >> (8 * i)));
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<std::uint8_t>(code >> (8 * i)));
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<std::uint8_t>(secs >> (8 * i)));
+}
+
+std::vector<ResultRecord> decode_records(const nlohmann::json& bytes) {
+  if (!bytes.is_binary()) throw ProtocolError("events message: 'results' is not a byte string");
+  const auto& b = bytes.get_binary();
+  if (b.size() % kResultRecordSize != 0)
+    throw ProtocolError("events message: 'results' is " + std::to_string(b.size()) +
+                        " bytes, not a multiple of " + std::to_string(kResultRecordSize));
+  std::vector<ResultRecord> out;
+  out.reserve(b.size() / kResultRecordSize);
+  for (std::size_t off = 0; off < b.size(); off += kResultRecordSize) {
+    auto u = [&](std::size_t at, int n) {
+      std::uint64_t v = 0;
+      for (int i = 0; i < n; ++i) v |= std::uint64_t{b[off + at + static_cast<std::size_t>(i)]} << (8 * i);
+      return v;
+    };
+    ResultRecord r;
+    r.index = static_cast<std::uint32_t>(u(0, 4));
+    const auto code = u(4, 4);
+    if (code > static_cast<std::uint64_t>(Outcome::not_run))
+      throw ProtocolError("events message: unknown outcome code " + std::to_string(code));
+    r.outcome = static_cast<Outcome>(code);
+    const std::uint64_t secs = u(8, 8);
+    std::memcpy(&r.seconds, &secs, sizeof secs);
+    if (!(r.seconds >= 0 && r.seconds < 1e9))
+      throw ProtocolError("events message: bad duration in record " + std::to_string(off / kResultRecordSize));
+    out.push_back(r);
+  }
+  return out;
 }
 
 const nlohmann::json& field(const Message& m, const char* name) {

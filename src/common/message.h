@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/frame.h"
+#include "common/outcome.h"
 
 namespace dtest {
 
@@ -42,6 +43,20 @@ Message decode_message(const Frame& f);
 // zstd helpers (also used for bulk payloads).
 std::string zstd_compress(std::string_view in, int level = 3);
 std::string zstd_decompress(std::string_view in, std::size_t max_out);
+
+// Per-test results travel packed, 16 bytes each, in an `events` message's
+// `results` byte string: u32 index in the batch, u32 outcome code (the
+// Outcome enum's value), f64 seconds; all little-endian. 20,000 results are
+// one 320 KB string, not 20,000 maps.
+struct ResultRecord {
+  std::uint32_t index = 0;
+  Outcome outcome = Outcome::passed;
+  double seconds = 0;
+};
+inline constexpr std::size_t kResultRecordSize = 16;
+void append_record(std::vector<std::uint8_t>& out, const ResultRecord& r);
+// Throws ProtocolError unless `bytes` is a byte string of whole, valid records.
+std::vector<ResultRecord> decode_records(const nlohmann::json& bytes);
 
 // Typed accessors that raise ProtocolError instead of a json exception:
 // "run message: field 'batch' missing or not an integer".

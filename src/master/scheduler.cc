@@ -22,18 +22,23 @@ Scheduler::Scheduler(std::vector<int> group_of, const std::vector<int>& order, i
 std::size_t Scheduler::batch_size_for(int group) const {
   const double rem = static_cast<double>(remaining_);
   const double w = static_cast<double>(workers_);
-  const double base = std::ceil(rem / (3 * w));
-  const double share = std::ceil(rem / w);
-  double amortise = 1;
+  const double slice = std::ceil(rem / (3 * w));
+  // A fair share counts the other workers' unfinished tests too: a worker
+  // that frees up while another is busy takes half of everything left, not
+  // half the queue, so shares do not halve at every step of the tail.
+  std::size_t unfinished = 0;
+  for (const auto& [id, left] : inflight_left_) unfinished += left.size();
+  const double share = std::min(std::ceil((rem + static_cast<double>(unfinished)) / w), rem);
+  double min_chunk = 1;
   const auto& st = stats_[static_cast<std::size_t>(group)];
-  if (st.count > 0) {
-    const double mean = std::max(st.seconds / st.count, 1e-6);
-    amortise = std::ceil(kMinBatchSeconds / mean - 1e-9);  // 1e-9: float noise
+  if (st.tests > 0) {
+    const double per_test = std::max(st.work_seconds / static_cast<double>(st.tests), 1e-7);
+    const double startup = st.startups ? st.startup_seconds / st.startups : kDefaultStartup;
+    min_chunk = std::ceil(startup / (kMaxOverhead * per_test) - 1e-9);  // 1e-9: float noise
   }
-  double size = std::max(base, amortise);
-  // A fair share caps the batch, unless a fair share is too little work to
-  // be worth a process start of its own.
-  size = std::min(size, share >= amortise ? share : std::min(amortise, rem));
+  // Never more than a fair share: splitting beats one worker doing it all
+  // in wall time whenever the others are idle.
+  const double size = std::min(std::max(slice, min_chunk), share);
   return static_cast<std::size_t>(std::max(size, 1.0));
 }
 
@@ -51,21 +56,14 @@ std::optional<Batch> Scheduler::next(int worker) {
   b.tests.assign(q.begin(), q.begin() + static_cast<std::ptrdiff_t>(n));
   q.erase(q.begin(), q.begin() + static_cast<std::ptrdiff_t>(n));
   remaining_ -= n;
-  inflight_left_[b.id] = b.tests;
+  inflight_left_[b.id] = std::unordered_set<int>(b.tests.begin(), b.tests.end());
   inflight_[b.id] = b;
   return b;
 }
 
-void Scheduler::finished(std::int64_t batch, int test, double seconds) {
+void Scheduler::finished(std::int64_t batch, int test) {
   auto it = inflight_left_.find(batch);
-  if (it == inflight_left_.end()) return;
-  auto& left = it->second;
-  auto pos = std::find(left.begin(), left.end(), test);
-  if (pos == left.end()) return;
-  left.erase(pos);
-  auto& st = stats_[static_cast<std::size_t>(group_of_[static_cast<std::size_t>(test)])];
-  st.seconds += seconds;
-  ++st.count;
+  if (it != inflight_left_.end()) it->second.erase(test);
 }
 
 void Scheduler::requeue_front(const std::vector<int>& tests) {
@@ -86,16 +84,27 @@ void Scheduler::requeue_front(const std::vector<int>& tests) {
   }
 }
 
-std::vector<int> Scheduler::batch_done(std::int64_t batch, const std::vector<int>& unrun) {
+std::vector<int> Scheduler::batch_done(std::int64_t batch, const std::vector<int>& unrun, double wall,
+                                       double startup) {
   std::vector<int> give_up;
   auto it = inflight_left_.find(batch);
   if (it == inflight_left_.end()) return give_up;
-  const auto& all = inflight_.at(batch).tests;
-  const bool progress = it->second.size() < all.size();
+  const Batch& b = inflight_.at(batch);
+  const std::size_t ran = b.tests.size() - it->second.size();
+  const bool progress = ran > 0;
+  auto& st = stats_[static_cast<std::size_t>(b.group)];
+  if (startup >= 0) {
+    st.startup_seconds += startup;
+    ++st.startups;
+  }
+  if (wall >= 0 && ran > 0) {
+    st.work_seconds += std::max(wall - std::max(startup, 0.0), 0.0);
+    st.tests += static_cast<long>(ran);
+  }
   // Every test still without an outcome goes back, whether the agent listed
   // it as unrun or (a protocol slip) said nothing about it: none is lost.
   (void)unrun;
-  std::vector<int> again = it->second;
+  std::vector<int> again = left_in_order(batch);
   // A batch that made progress requeues its rest for free: each such batch
   // shrinks the work, so this ends. A batch where nothing ran charges its
   // first test, the one the process should have reached; after kMaxAttempts
@@ -117,7 +126,7 @@ void Scheduler::worker_lost(int worker) {
   std::vector<int> again;
   for (auto it = inflight_.begin(); it != inflight_.end();) {
     if (it->second.worker == worker) {
-      const auto& left = inflight_left_[it->first];
+      const auto left = left_in_order(it->first);
       again.insert(again.end(), left.begin(), left.end());
       inflight_left_.erase(it->first);
       it = inflight_.erase(it);
@@ -126,6 +135,14 @@ void Scheduler::worker_lost(int worker) {
     }
   }
   requeue_front(again);
+}
+
+std::vector<int> Scheduler::left_in_order(std::int64_t batch) const {
+  std::vector<int> out;
+  const auto& left = inflight_left_.at(batch);
+  for (int t : inflight_.at(batch).tests)
+    if (left.count(t)) out.push_back(t);
+  return out;
 }
 
 std::vector<int> Scheduler::drain() {

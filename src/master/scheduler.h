@@ -3,12 +3,13 @@
 // driven in production by the session.
 //
 // Batches hold tests of one group (one gtest binary: one process runs them).
-// Sizing: a batch is a slice of what is left, (remaining / (3 * workers)),
-// so batches shrink as the queue drains and the tail stays short, but never
-// less than what amortises a process start (kMinBatchSeconds of the group's
-// mean observed test duration), and never more than a fair share
-// (remaining / workers) unless a fair share is too little work to amortise a
-// process start.
+// Sizing: a batch is a slice of what is left, remaining / (3 * workers), so
+// batches shrink as the queue drains and the tail stays short; but at least
+// the "minimum chunk" that keeps the process start below kMaxOverhead of the
+// batch's time (start-up S and per-test cost c are measured per group from
+// finished batches: min chunk = S / (kMaxOverhead * c)); and at most a fair
+// share ((queued + other workers' unfinished) / workers): guided
+// self-scheduling with a minimum chunk size.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +17,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 namespace dtest {
@@ -29,7 +31,8 @@ struct Batch {
 
 class Scheduler {
  public:
-  static constexpr double kMinBatchSeconds = 0.05;
+  static constexpr double kMaxOverhead = 0.25;      // process start / batch time
+  static constexpr double kDefaultStartup = 0.0125;  // seconds, until measured
   static constexpr int kMaxAttempts = 3;  // batches a test may stall without progress
 
   // `group_of[t]` is test t's group; `order` lists the tests to run, first
@@ -39,13 +42,16 @@ class Scheduler {
   void set_workers(int n) { workers_ = n > 0 ? n : 1; }
   // The next batch for `worker`, or nullopt when the queue is empty.
   std::optional<Batch> next(int worker);
-  // A test of an in-flight batch got its outcome; `seconds` feeds sizing.
-  void finished(std::int64_t batch, int test, double seconds);
+  // A test of an in-flight batch got its outcome.
+  void finished(std::int64_t batch, int test);
   // The batch's process is gone; its tests without an outcome (`unrun`, and
   // any the agent failed to mention) go back to the front of the queue. When
   // nothing in the batch ran, its first test is charged an attempt; after
   // kMaxAttempts it is returned (the caller reports it not run).
-  std::vector<int> batch_done(std::int64_t batch, const std::vector<int>& unrun);
+  // `wall` is the process's run time and `startup` the time to its first
+  // test, both in seconds (negative when unknown); they feed sizing.
+  std::vector<int> batch_done(std::int64_t batch, const std::vector<int>& unrun, double wall = -1,
+                              double startup = -1);
   // The worker's connection is lost: its in-flight tests are requeued.
   void worker_lost(int worker);
   // Stop handing out work; returns every queued test (not in flight).
@@ -58,14 +64,18 @@ class Scheduler {
 
  private:
   struct GroupStats {
-    double seconds = 0;
-    int count = 0;
+    double work_seconds = 0;  // batch time minus start-up, summed
+    long tests = 0;           // tests that finished in those batches
+    double startup_seconds = 0;
+    int startups = 0;
   };
   std::vector<int> group_of_;
   std::vector<std::deque<int>> queues_;  // per group, in order
   std::deque<int> group_order_;          // groups with queued tests, by first test
   std::map<std::int64_t, Batch> inflight_;
-  std::map<std::int64_t, std::vector<int>> inflight_left_;  // tests without outcome yet
+  std::map<std::int64_t, std::unordered_set<int>> inflight_left_;  // tests without outcome yet
+  // In-flight tests without an outcome, in batch order.
+  std::vector<int> left_in_order(std::int64_t batch) const;
   std::vector<GroupStats> stats_;
   std::vector<int> attempts_;
   std::size_t remaining_ = 0;

@@ -2,6 +2,8 @@
 
 #include <chrono>
 #include <csignal>
+#include <cstdio>
+#include <cstdlib>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -96,7 +98,7 @@ struct InFlight {
   int unit = -1;
   int slot = -1;
   std::int64_t sched_batch = 0;
-  std::unordered_map<std::string, int> index;  // test name -> test index
+  std::vector<int> tests;  // test indices, in the order sent (the wire's batch index)
 };
 
 std::string group_key_of(const xspec::Spec& s) {
@@ -129,6 +131,14 @@ struct Session::Impl {
   bool interrupted = false;
   std::string interrupt_reason;
   Clock::time_point t0 = Clock::now();
+  bool debug = std::getenv("DTEST_DEBUG") != nullptr;
+  // DTEST_DEBUG=1: a timestamped trace of the session's steps on stderr.
+  template <typename... Args>
+  void trace(fmt::format_string<Args...> f, Args&&... args) {
+    if (!debug) return;
+    const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    fmt::print(stderr, "dtest: debug: {:9.1f} ms  {}\n", ms, fmt::format(f, std::forward<Args>(args)...));
+  }
 
   Impl(RunOptions o, GatewayFactory f, std::ostream& out)
       : opts(std::move(o)), factory(std::move(f)), reporter(out, opts.verbosity) {}
@@ -328,6 +338,7 @@ void Session::Impl::on_hello(int i, const Message& m) {
                                     kProtocolVersion, m.body.value("agent_version", "?")));
   s.info.hello = m.body;
   s.info.up = true;
+  trace("{} hello", s.info.id);
   s.state = SlotState::ready;
   reporter.gateway_up(s.info);
   for (auto& g : groups)
@@ -371,20 +382,45 @@ void Session::Impl::on_collected(int i, const Message& m) {
       errors.push_back(e->is_string() ? e->get<std::string>() : "unknown error");
       continue;
     }
-    const auto t = entry.find("tests");
-    if (t == entry.end() || !t->is_array()) throw ProtocolError("collected message: 'tests' missing");
-    for (const auto& j : *t) {
-      if (!j.is_object() || !j.contains("name") || !j["name"].is_string())
-        throw ProtocolError("collected message: a test without a name");
+    const auto names = entry.find("names");
+    const auto count = entry.find("count");
+    if (names == entry.end() || !names->is_string() || count == entry.end() || !count->is_number_unsigned())
+      throw ProtocolError("collected message: 'names' or 'count' missing");
+    const std::size_t first = tests.size();
+    const std::string& all = names->get_ref<const std::string&>();
+    const std::size_t n = count->get<std::size_t>();
+    for (std::size_t pos = 0; n > 0 && pos <= all.size();) {
+      const std::size_t nl = std::min(all.find('\n', pos), all.size());
       TestCase tc;
       tc.binary = opts.binaries[b];
-      tc.name = j["name"].get<std::string>();
-      tc.disabled = j.value("disabled", false);
-      tc.type_param = j.value("type_param", "");
-      tc.value_param = j.value("value_param", "");
+      tc.name = all.substr(pos, nl - pos);
+      if (tc.name.empty()) throw ProtocolError("collected message: an empty test name");
       tests.push_back(std::move(tc));
+      pos = nl + 1;
     }
+    if (tests.size() - first != n)
+      throw ProtocolError(fmt::format("collected message: {} names for a count of {}", tests.size() - first, n));
+    auto mark = [&](const char* key, auto&& apply) {
+      auto list = entry.find(key);
+      if (list == entry.end()) return;
+      if (!list->is_array()) throw ProtocolError(fmt::format("collected message: '{}' is not a list", key));
+      for (const auto& v : *list) apply(v);
+    };
+    auto index = [&](const nlohmann::json& v, const char* key) -> TestCase& {
+      if (!v.is_number_unsigned() || v.get<std::size_t>() >= n)
+        throw ProtocolError(fmt::format("collected message: bad index in '{}'", key));
+      return tests[first + v.get<std::size_t>()];
+    };
+    mark("disabled", [&](const nlohmann::json& v) { index(v, "disabled").disabled = true; });
+    for (const char* key : {"type_params", "value_params"})
+      mark(key, [&](const nlohmann::json& v) {
+        if (!v.is_array() || v.size() != 2 || !v[1].is_string())
+          throw ProtocolError(fmt::format("collected message: '{}' holds something other than [index, text]", key));
+        auto& tc = index(v[0], key);
+        (key[0] == 't' ? tc.type_param : tc.value_param) = v[1].get<std::string>();
+      });
   }
+  trace("{} collected {} tests", slots[static_cast<std::size_t>(i)]->info.id, tests.size());
   it->tests = std::move(tests);
   it->errors = std::move(errors);
   it->done = true;
@@ -515,12 +551,11 @@ void Session::Impl::dispatch() {
     f.slot = static_cast<int>(i);
     f.sched_batch = b->id;
     nlohmann::json names = nlohmann::json::array();
-    for (int t : b->tests) {
-      const auto& name = u.tests[static_cast<std::size_t>(t)].name;
-      names.push_back(name);
-      f.index.emplace(name, t);
-    }
+    for (int t : b->tests) names.push_back(u.tests[static_cast<std::size_t>(t)].name);
+    f.tests = b->tests;
     const std::int64_t id = next_batch++;
+    trace("{} <- batch {} of {} tests ({} left in the queue)", s.info.id, id, b->tests.size(),
+          us.sched->remaining());
     inflight.emplace(id, std::move(f));
     s.batch = id;
     send(static_cast<int>(i), MsgKind::run,
@@ -540,25 +575,36 @@ void Session::Impl::on_events(int i, const Message& m) {
   if (it == inflight.end() || it->second.slot != i) throw ProtocolError(fmt::format("events for unknown batch {}", id));
   auto& f = it->second;
   auto& us = ustate[static_cast<std::size_t>(f.unit)];
-  const auto& evs = field(m, "events");
-  if (!evs.is_array()) throw ProtocolError("events message: 'events' is not a list");
-  for (const auto& e : evs) {
-    if (!e.is_object() || !e.contains("test") || !e["test"].is_string())
-      throw ProtocolError("events message: an event without a test name");
-    const auto idx = f.index.find(e["test"].get<std::string>());
-    if (idx == f.index.end())
-      throw ProtocolError("events message: result for a test not in the batch: " + e["test"].get<std::string>());
-    const auto outcome = outcome_from_string(e.value("outcome", ""));
-    if (!outcome) throw ProtocolError("events message: unknown outcome '" + e.value("outcome", "") + "'");
+  const auto records = decode_records(field(m, "results"));
+  // Texts by batch index: [[index, text], ...].
+  auto texts = [&](const char* name) {
+    std::unordered_map<std::uint32_t, std::string> out;
+    auto t = m.body.find(name);
+    if (t == m.body.end()) return out;
+    if (!t->is_array()) throw ProtocolError(fmt::format("events message: '{}' is not a list", name));
+    for (const auto& pair : *t) {
+      if (!pair.is_array() || pair.size() != 2 || !pair[0].is_number_unsigned() || !pair[1].is_string())
+        throw ProtocolError(fmt::format("events message: '{}' holds something other than [index, text]", name));
+      out[pair[0].get<std::uint32_t>()] = pair[1].get<std::string>();
+    }
+    return out;
+  };
+  auto outputs = texts("outputs");
+  auto messages = texts("messages");
+  for (const auto& rec : records) {
+    if (rec.index >= f.tests.size())
+      throw ProtocolError(fmt::format("events message: result for index {} in a batch of {}", rec.index,
+                                      f.tests.size()));
+    const int test = f.tests[rec.index];
     TestResult r;
-    r.outcome = *outcome;
-    r.duration = e.value("duration", 0.0);
-    r.output = e.value("output", "");
-    r.message = e.value("message", "");
+    r.outcome = rec.outcome;
+    r.duration = rec.seconds;
+    if (auto o = outputs.find(rec.index); o != outputs.end()) r.output = std::move(o->second);
+    if (auto msg = messages.find(rec.index); msg != messages.end()) r.message = std::move(msg->second);
     r.worker = s.info.id;
     r.gateway = s.info.spec;
-    us.sched->finished(f.sched_batch, idx->second, r.duration);
-    record(f.unit, idx->second, std::move(r));
+    us.sched->finished(f.sched_batch, test);
+    record(f.unit, test, std::move(r));
   }
 }
 
@@ -570,16 +616,19 @@ void Session::Impl::on_batch_done(int i, const Message& m) {
   InFlight f = std::move(it->second);
   inflight.erase(it);
   s.batch = 0;
+  trace("{} -> batch {} done: {} in {:.1f} ms, first test after {:.1f} ms", s.info.id, id, m.body.value("status", "?"),
+        m.body.value("seconds", -1.0) * 1e3, m.body.value("startup", -1.0) * 1e3);
   auto& us = ustate[static_cast<std::size_t>(f.unit)];
   const std::string status = m.body.value("status", "?");
   std::vector<int> unrun;
   if (auto u = m.body.find("unrun"); u != m.body.end() && u->is_array())
     for (const auto& n : *u)
-      if (n.is_string())
-        if (auto idx = f.index.find(n.get<std::string>()); idx != f.index.end()) unrun.push_back(idx->second);
+      if (n.is_number_unsigned() && n.get<std::uint64_t>() < f.tests.size())
+        unrun.push_back(f.tests[n.get<std::size_t>()]);
   if (auto se = m.body.find("spawn_error"); se != m.body.end())
     reporter.warning(fmt::format("[{}] could not start a test process: {}", s.info.id, se->dump()));
-  const auto give_up = us.sched->batch_done(f.sched_batch, unrun);
+  const auto give_up = us.sched->batch_done(f.sched_batch, unrun, m.body.value("seconds", -1.0),
+                                            m.body.value("startup", -1.0));
   for (int t : give_up) {
     TestResult r;
     r.outcome = Outcome::not_run;
@@ -592,12 +641,12 @@ void Session::Impl::on_batch_done(int i, const Message& m) {
   // A process that failed while none of its tests did failed outside any
   // test (global set-up or tear-down, a sanitizer at exit): say so.
   bool explained = m.body.contains("crashed");
-  for (const auto& [name, t] : f.index) {
+  for (int t : f.tests) {
     const auto& r = units[static_cast<std::size_t>(f.unit)].results[static_cast<std::size_t>(t)];
     if (r && is_failure(r->outcome)) explained = true;
   }
   if (auto o = m.body.find("outside_output"); o != m.body.end() && o->is_string() && !explained) {
-    const auto& bin = us.paths[static_cast<std::size_t>(us.binary_of[static_cast<std::size_t>(f.index.begin()->second)])];
+    const auto& bin = us.paths[static_cast<std::size_t>(us.binary_of[static_cast<std::size_t>(f.tests.front())])];
     run_errors.push_back(fmt::format("[{}] {} ended with {} outside any test:\n{}", s.info.id, bin, status,
                                      o->get<std::string>()));
     reporter.warning(run_errors.back());

@@ -49,13 +49,14 @@ class FakeGateway final : public gateway::Gateway {
             bins.push_back({{"path", path}, {"error", e->second}});
             continue;
           }
-          nlohmann::json tests = nlohmann::json::array();
-          for (const auto& [name, outcome] : script_.binaries.at(path)) {
-            nlohmann::json t = {{"name", name}};
-            if (name.find("DISABLED_") != std::string::npos) t["disabled"] = true;
-            tests.push_back(t);
+          std::string names;
+          nlohmann::json disabled = nlohmann::json::array();
+          const auto& tests = script_.binaries.at(path);
+          for (std::size_t i = 0; i < tests.size(); ++i) {
+            names += (i ? "\n" : "") + tests[i].first;
+            if (tests[i].first.find("DISABLED_") != std::string::npos) disabled.push_back(i);
           }
-          bins.push_back({{"path", path}, {"tests", tests}});
+          bins.push_back({{"path", path}, {"count", tests.size()}, {"names", names}, {"disabled", disabled}});
         }
         push(MsgKind::collected, {{"id", m.body["id"]}, {"binaries", bins}});
         return;
@@ -116,27 +117,34 @@ class FakeGateway final : public gateway::Gateway {
     }
     std::map<std::string, Outcome> outcome;
     for (const auto& [name, o] : script_.binaries.at(binary)) outcome[name] = o;
-    nlohmann::json events = nlohmann::json::array();
+    std::vector<std::uint8_t> records;
+    nlohmann::json outputs = nlohmann::json::array();
+    nlohmann::json messages = nlohmann::json::array();
     nlohmann::json unrun = nlohmann::json::array();
     std::string status = "exit status 0";
     bool stopped = false;
-    for (const auto& t : tests) {
+    for (std::uint32_t i = 0; i < tests.size(); ++i) {
+      const auto& t = tests[i];
       if (stopped || script_.never_reached.count(t)) {
         stopped = true;
-        unrun.push_back(t);
+        unrun.push_back(i);
         continue;
       }
       if (script_.crash.count(t)) {
-        events.push_back({{"test", t}, {"outcome", "crashed"}, {"duration", 0.01},
-                          {"message", "signal 11 (SIGSEGV)"}, {"output", "about to crash\n"}});
+        append_record(records, {i, Outcome::crashed, 0.01});
+        messages.push_back({i, "signal 11 (SIGSEGV)"});
+        outputs.push_back({i, "about to crash\n"});
         status = "signal 11 (SIGSEGV)";
         stopped = true;
         continue;
       }
       EXPECT_EQ(m.body["env"]["DTEST_WORKER"], id_);
-      events.push_back({{"test", t}, {"outcome", std::string(to_string(outcome.at(t)))}, {"duration", 0.01}});
+      append_record(records, {i, outcome.at(t), 0.01});
     }
-    push(MsgKind::events, {{"batch", batch}, {"events", events}});
+    push(MsgKind::events, {{"batch", batch},
+                           {"results", nlohmann::json::binary(std::move(records))},
+                           {"outputs", outputs},
+                           {"messages", messages}});
     push(MsgKind::batch_done, {{"batch", batch}, {"status", status}, {"unrun", unrun}});
   }
 
