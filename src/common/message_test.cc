@@ -543,3 +543,55 @@ TEST(Fields, ErrorsNameTheKind) {
 
 }  // namespace
 }  // namespace dtest
+
+namespace {
+
+TEST(ResultRecords, RoundTripThroughAnEventsMessage) {
+  std::vector<std::uint8_t> bytes;
+  dtest::append_record(bytes, {0, dtest::Outcome::passed, 0.25});
+  dtest::append_record(bytes, {7, dtest::Outcome::crashed, 1e-6});
+  dtest::append_record(bytes, {4294967295u, dtest::Outcome::not_run, 0});
+  ASSERT_EQ(bytes.size(), 3 * dtest::kResultRecordSize);
+  // Little-endian on the wire whatever the host.
+  EXPECT_EQ(bytes[16], 7);
+  EXPECT_EQ(bytes[20], static_cast<std::uint8_t>(dtest::Outcome::crashed));
+  dtest::Message m{dtest::MsgKind::events, {{"batch", 1}, {"results", nlohmann::json::binary(bytes)}}};
+  const dtest::Message out = dtest::decode_message(dtest::encode_message(m));
+  const auto recs = dtest::decode_records(out.body["results"]);
+  ASSERT_EQ(recs.size(), 3u);
+  EXPECT_EQ(recs[0].index, 0u);
+  EXPECT_EQ(recs[0].outcome, dtest::Outcome::passed);
+  EXPECT_EQ(recs[0].seconds, 0.25);
+  EXPECT_EQ(recs[1].index, 7u);
+  EXPECT_EQ(recs[1].outcome, dtest::Outcome::crashed);
+  EXPECT_EQ(recs[1].seconds, 1e-6);
+  EXPECT_EQ(recs[2].index, 4294967295u);
+  EXPECT_EQ(recs[2].outcome, dtest::Outcome::not_run);
+}
+
+std::string records_error(const nlohmann::json& j) {
+  try {
+    dtest::decode_records(j);
+  } catch (const dtest::ProtocolError& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST(ResultRecords, MalformedRecordsAreProtocolErrors) {
+  EXPECT_EQ(records_error("text"), "events message: 'results' is not a byte string");
+  EXPECT_EQ(records_error(nlohmann::json::binary(std::vector<std::uint8_t>(17))),
+            "events message: 'results' is 17 bytes, not a multiple of 16");
+  std::vector<std::uint8_t> bad_outcome(16, 0);
+  bad_outcome[4] = 7;
+  EXPECT_EQ(records_error(nlohmann::json::binary(bad_outcome)), "events message: unknown outcome code 7");
+  std::vector<std::uint8_t> negative;
+  dtest::append_record(negative, {0, dtest::Outcome::passed, -1.0});
+  EXPECT_EQ(records_error(nlohmann::json::binary(negative)), "events message: bad duration in record 0");
+  std::vector<std::uint8_t> nan;
+  dtest::append_record(nan, {0, dtest::Outcome::passed, std::numeric_limits<double>::quiet_NaN()});
+  EXPECT_EQ(records_error(nlohmann::json::binary(nan)), "events message: bad duration in record 0");
+  EXPECT_TRUE(dtest::decode_records(nlohmann::json::binary(std::vector<std::uint8_t>{})).empty());
+}
+
+}  // namespace

@@ -1300,6 +1300,40 @@ TEST_F(e2e, ProgressIsStreamedWhileTestsRun) {
   EXPECT_TRUE(streamed);
 }
 
+TEST_F(e2e, ListingCacheIsUsedAndNeverServesAStaleBinary) {
+  // The agent caches --gtest_list_tests output keyed on the binary's
+  // identity. A binary replaced at the same path must be listed afresh.
+  RunOptions o;
+  o.env["DTEST_CACHE_DIR"] = tmp_ + "/cache";
+  const std::string bin = tmp_ + "/suite_test";
+  fs::copy_file(kPass, bin);
+  const ProcResult first = run({"-q", bin}, o);
+  ASSERT_FALSE(first.timed_out);
+  EXPECT_EQ(first.exit_code, 0) << describe(first);
+  ASSERT_TRUE(fs::is_directory(tmp_ + "/cache/lists"));
+  std::size_t entries = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator(tmp_ + "/cache/lists")) ++entries;
+  EXPECT_EQ(entries, 1u);
+  const ProcResult again = run({"-q", bin}, o);
+  EXPECT_EQ(last_nonempty_line(again.out).substr(0, 20), last_nonempty_line(first.out).substr(0, 20));
+
+  // Same path, other tests (a rebuild): 12 sleep tests, not the pass suite.
+  fs::remove(bin);
+  fs::copy_file(kSleep, bin);
+  const ProcResult rebuilt = run({"-q", bin}, o);
+  ASSERT_FALSE(rebuilt.timed_out);
+  EXPECT_EQ(rebuilt.exit_code, 0) << describe(rebuilt);
+  EXPECT_TRUE(std::regex_match(last_nonempty_line(rebuilt.out), std::regex(R"(^12 passed in \d+\.\d\ds$)")))
+      << describe(rebuilt);
+
+  // DTEST_LIST_CACHE=0 lists without the cache.
+  o.env["DTEST_LIST_CACHE"] = "0";
+  o.env["DTEST_CACHE_DIR"] = tmp_ + "/other-cache";
+  const ProcResult off = run({"-q", bin}, o);
+  EXPECT_EQ(off.exit_code, 0) << describe(off);
+  EXPECT_FALSE(fs::exists(tmp_ + "/other-cache"));
+}
+
 // ===========================================================================
 // 12. Interrupt
 // ===========================================================================
