@@ -91,7 +91,7 @@ class Agent {
   void handle(const Message& m);
   void dispatch(const Message& m);
   void start_batch(const Message& m);
-  void read_batch(Batch& b, bool drain);
+  std::size_t read_batch(Batch& b, bool drain);
   void parse_output(Batch& b, std::string_view bytes);
   void add_result(Batch& b, gtest::TestEvent& e, double seconds, const std::string& message);
   void finish_batch(Batch& b);
@@ -153,19 +153,22 @@ void Agent::parse_output(Batch& b, std::string_view bytes) {
   }
 }
 
-void Agent::read_batch(Batch& b, bool drain) {
+// Returns the bytes read.
+std::size_t Agent::read_batch(Batch& b, bool drain) {
   char buf[65536];
+  std::size_t total = 0;
   for (;;) {
-    if (b.child.out_fd < 0) return;
+    if (b.child.out_fd < 0) return total;
     const ssize_t n = read_some(b.child.out_fd, buf, sizeof buf);
-    if (n < 0) return;  // EAGAIN: nothing more right now
+    if (n < 0) return total;  // EAGAIN: nothing more right now
     if (n == 0) {
       ::close(b.child.out_fd);
       b.child.out_fd = -1;
-      return;
+      return total;
     }
+    total += static_cast<std::size_t>(n);
     parse_output(b, std::string_view(buf, static_cast<std::size_t>(n)));
-    if (!drain) return;
+    if (!drain) return total;
   }
 }
 
@@ -328,11 +331,15 @@ int Agent::run() {
         for (ssize_t i = 0; i < n; ++i)
           if (sigs[i] != SIGCHLD) stop_ = true;
       }
+      bool trickle = false;
       if (r > 0) {
         std::size_t k = 2;
         for (auto& b : batches_) {
           if (b->child.out_fd < 0) continue;
-          if (fds[k].revents) read_batch(*b, false);
+          if (fds[k].revents) {
+            const std::size_t n = read_batch(*b, false);
+            trickle |= n > 0 && n < 4096;
+          }
           ++k;
         }
       }
@@ -347,6 +354,14 @@ int Agent::run() {
         }
         if (n > 0) decoder_.feed(std::string_view(buf, static_cast<std::size_t>(n)));
         while (auto f = decoder_.pop()) handle(decode_message(*f));
+      }
+      // GoogleTest flushes every line: reading each as it comes costs a
+      // wake-up per line (two per test) on both sides of the pipe. When
+      // output trickles in, let it gather for a millisecond; the pipe holds
+      // 64 KiB, so the test process does not stall.
+      if (trickle && !stop_) {
+        const timespec pause{0, 1'000'000};
+        ::nanosleep(&pause, nullptr);
       }
     }
   } catch (const ProtocolError& e) {
