@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include "common/test_support.h"
+
 #include <atomic>
 #include <cstdlib>
 #include <new>
@@ -87,17 +89,7 @@ void drain(FrameDecoder& d, std::vector<Frame>& out) {
   while (auto f = d.pop()) out.push_back(std::move(*f));
 }
 
-// Runs `fn`, expects a ProtocolError and returns its message.
-template <typename Fn>
-std::string protocol_error(Fn&& fn) {
-  try {
-    fn();
-  } catch (const ProtocolError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a ProtocolError";
-  return {};
-}
+using dtest::testing::protocol_error;
 
 // ---------------------------------------------------------------------------
 // encode_frame

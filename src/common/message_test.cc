@@ -3,6 +3,8 @@
 #include "common/message.h"
 
 #include <gtest/gtest.h>
+
+#include "common/test_support.h"
 #include <zstd.h>
 
 #include <cstdint>
@@ -16,16 +18,7 @@ namespace {
 
 using nlohmann::json;
 
-template <typename Fn>
-std::string protocol_error(Fn&& fn) {
-  try {
-    fn();
-  } catch (const ProtocolError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a ProtocolError";
-  return {};
-}
+using dtest::testing::protocol_error;
 
 bool starts_with(const std::string& s, const std::string& prefix) {
   return s.rfind(prefix, 0) == 0;
@@ -570,12 +563,7 @@ TEST(ResultRecords, RoundTripThroughAnEventsMessage) {
 }
 
 std::string records_error(const nlohmann::json& j) {
-  try {
-    dtest::decode_records(j);
-  } catch (const dtest::ProtocolError& e) {
-    return e.what();
-  }
-  return "no error";
+  return dtest::testing::protocol_error([&] { dtest::decode_records(j); });
 }
 
 TEST(ResultRecords, MalformedRecordsAreProtocolErrors) {
