@@ -5,10 +5,11 @@ set -euo pipefail
 pkgs=(
   build-essential cmake ninja-build pkg-config
   libboost1.81-dev nlohmann-json3-dev libzstd-dev libxxhash-dev
-  libcli11-dev libfmt-dev libgtest-dev libgmock-dev googletest
+  libcli11-dev libfmt-dev libgtest-dev libgmock-dev googletest libssl-dev
   python3
+  openssh-server openssh-client libssh-dev
 )
-if [[ "${1:-}" == "--bench" ]]; then pkgs+=(hyperfine); fi
+if [[ "${1:-}" == "--bench" ]]; then pkgs+=(hyperfine python3-pytest python3-pytest-xdist); fi
 missing=()
 for p in "${pkgs[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -84,8 +84,7 @@ void Scheduler::requeue_front(const std::vector<int>& tests) {
   }
 }
 
-std::vector<int> Scheduler::batch_done(std::int64_t batch, const std::vector<int>& unrun, double wall,
-                                       double startup) {
+std::vector<int> Scheduler::batch_done(std::int64_t batch, double wall, double startup) {
   std::vector<int> give_up;
   auto it = inflight_left_.find(batch);
   if (it == inflight_left_.end()) return give_up;
@@ -103,7 +102,6 @@ std::vector<int> Scheduler::batch_done(std::int64_t batch, const std::vector<int
   }
   // Every test still without an outcome goes back, whether the agent listed
   // it as unrun or (a protocol slip) said nothing about it: none is lost.
-  (void)unrun;
   std::vector<int> again = left_in_order(batch);
   // A batch that made progress requeues its rest for free: each such batch
   // shrinks the work, so this ends. A batch where nothing ran charges its

@@ -44,14 +44,13 @@ class Scheduler {
   std::optional<Batch> next(int worker);
   // A test of an in-flight batch got its outcome.
   void finished(std::int64_t batch, int test);
-  // The batch's process is gone; its tests without an outcome (`unrun`, and
-  // any the agent failed to mention) go back to the front of the queue. When
+  // The batch's process is gone; its tests without an outcome go back to the
+  // front of the queue (whatever the agent listed as unrun: none is lost). When
   // nothing in the batch ran, its first test is charged an attempt; after
   // kMaxAttempts it is returned (the caller reports it not run).
   // `wall` is the process's run time and `startup` the time to its first
   // test, both in seconds (negative when unknown); they feed sizing.
-  std::vector<int> batch_done(std::int64_t batch, const std::vector<int>& unrun, double wall = -1,
-                              double startup = -1);
+  std::vector<int> batch_done(std::int64_t batch, double wall = -1, double startup = -1);
   // The worker's connection is lost: its in-flight tests are requeued.
   void worker_lost(int worker);
   // Stop handing out work; returns every queued test (not in flight).

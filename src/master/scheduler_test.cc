@@ -28,7 +28,7 @@ TEST(Scheduler, HandsOutEveryTestOnceInOrderAndWithinOneGroup) {
     for (int t : b->tests) EXPECT_EQ(group[static_cast<std::size_t>(t)], b->group);
     seen.insert(seen.end(), b->tests.begin(), b->tests.end());
     for (int t : b->tests) s.finished(b->id, t);
-    EXPECT_TRUE(s.batch_done(b->id, {}).empty());
+    EXPECT_TRUE(s.batch_done(b->id).empty());
     worker ^= 1;
   }
   EXPECT_EQ(seen, iota_n(10));
@@ -44,7 +44,7 @@ TEST(Scheduler, BatchesShrinkAsTheQueueDrainsAndNeverExceedAFairShare) {
     const std::size_t before = b->tests.size() + s.remaining();
     EXPECT_LE(b->tests.size(), (before + 3) / 4) << "more than a fair share";
     sizes.push_back(b->tests.size());
-    s.batch_done(b->id, {});  // no durations known: sizing by count only
+    s.batch_done(b->id);  // no durations known: sizing by count only
   }
   ASSERT_GT(sizes.size(), 10u);
   EXPECT_EQ(sizes.front(), 84u);  // ceil(1000 / (3 * 4))
@@ -60,7 +60,7 @@ TEST(Scheduler, FastTestsGetBatchesBigEnoughToAmortiseAProcessStart) {
   EXPECT_EQ(b1->tests.size(), 1667u);  // ceil(10000 / 6), nothing known yet
   for (int t : b1->tests) s.finished(b1->id, t);
   // 25 ms to start, then 10 us a test.
-  s.batch_done(b1->id, {}, 0.025 + 1667 * 1e-5, 0.025);
+  s.batch_done(b1->id, 0.025 + 1667 * 1e-5, 0.025);
   // Min chunk: 0.025 / (0.25 * 1e-5) = 10000 tests; capped at a fair share
   // of what is left: ceil(8333 / 2).
   EXPECT_EQ(s.remaining(), 8333u);
@@ -80,13 +80,13 @@ TEST(Scheduler, SharesDoNotHalveAlongTheTail) {
   auto b = s.next(1);
   ASSERT_TRUE(a && b);
   for (int t : b->tests) s.finished(b->id, t);
-  s.batch_done(b->id, {}, 0.026 + b->tests.size() * 7e-6, 0.026);
+  s.batch_done(b->id, 0.026 + b->tests.size() * 7e-6, 0.026);
   int batches = 2;
   int worker = 1;
   while (auto next = s.next(worker)) {
     ++batches;
     for (int t : a->tests) s.finished(a->id, t);
-    s.batch_done(a->id, {}, 0.026 + a->tests.size() * 7e-6, 0.026);
+    s.batch_done(a->id, 0.026 + a->tests.size() * 7e-6, 0.026);
     a = next;
     worker ^= 1;
     ASSERT_LE(batches, 6);
@@ -101,7 +101,7 @@ TEST(Scheduler, MinChunkBeatsTheSliceWithinAFairShare) {
   ASSERT_TRUE(b1);
   EXPECT_EQ(b1->tests.size(), 17u);  // ceil(100 / 6)
   for (int t : b1->tests) s.finished(b1->id, t);
-  s.batch_done(b1->id, {}, 0.02 + 17 * 0.002, 0.02);  // min chunk 0.02 / (0.25 * 0.002) = 40
+  s.batch_done(b1->id, 0.02 + 17 * 0.002, 0.02);  // min chunk 0.02 / (0.25 * 0.002) = 40
   EXPECT_EQ(s.remaining(), 83u);
   // slice ceil(83 / 6) = 14 < 40 <= fair share ceil(83 / 2) = 42
   EXPECT_EQ(s.batch_size_for(0), 40u);
@@ -112,7 +112,7 @@ TEST(Scheduler, SlowTestsKeepTheSlice) {
   auto b1 = s.next(0);
   ASSERT_TRUE(b1);
   for (int t : b1->tests) s.finished(b1->id, t);
-  s.batch_done(b1->id, {}, 0.001 + 10 * 0.5, 0.001);  // half a second a test
+  s.batch_done(b1->id, 0.001 + 10 * 0.5, 0.001);  // half a second a test
   EXPECT_EQ(s.remaining(), 50u);
   EXPECT_EQ(s.batch_size_for(0), 9u);  // ceil(50 / 6)
 }
@@ -122,8 +122,7 @@ TEST(Scheduler, UnrunTestsGoBackToTheFrontForFreeWhenTheBatchMadeProgress) {
   auto first = s.next(0);
   ASSERT_TRUE(first);
   s.finished(first->id, 0);
-  std::vector<int> unrun(first->tests.begin() + 1, first->tests.end());
-  EXPECT_TRUE(s.batch_done(first->id, unrun).empty());
+  EXPECT_TRUE(s.batch_done(first->id).empty());
   // Test 1 keeps coming back unrun while others in its batch run: more
   // rounds than kMaxAttempts, never given up, always first.
   int rounds = 0;
@@ -131,7 +130,7 @@ TEST(Scheduler, UnrunTestsGoBackToTheFrontForFreeWhenTheBatchMadeProgress) {
     if (b->tests.size() < 2) break;
     EXPECT_EQ(b->tests.front(), 1);
     for (std::size_t i = 1; i < b->tests.size(); ++i) s.finished(b->id, b->tests[i]);
-    EXPECT_TRUE(s.batch_done(b->id, {1}).empty());
+    EXPECT_TRUE(s.batch_done(b->id).empty());
     ++rounds;
   }
   EXPECT_GT(rounds, Scheduler::kMaxAttempts);
@@ -146,7 +145,7 @@ TEST(Scheduler, ABatchWhereNothingRanChargesItsFirstTestUntilGivenUp) {
     ASSERT_TRUE(b);
     ASSERT_EQ(b->tests.front(), 0) << "the stalled test stays first";
     ++batches;
-    given_up = s.batch_done(b->id, b->tests);  // the process died before any test
+    given_up = s.batch_done(b->id);  // the process died before any test
     ASSERT_LE(batches, Scheduler::kMaxAttempts);
   }
   EXPECT_EQ(batches, Scheduler::kMaxAttempts);
@@ -163,7 +162,7 @@ TEST(Scheduler, TestsMissingFromBothResultsAndUnrunAreNotLost) {
   auto b = s.next(0);
   ASSERT_TRUE(b);
   ASSERT_EQ(b->tests, std::vector<int>{0});
-  s.batch_done(b->id, {});  // the agent said nothing about test 0
+  s.batch_done(b->id);  // the agent said nothing about test 0
   auto again = s.next(0);
   ASSERT_TRUE(again);
   EXPECT_EQ(again->tests.front(), 0);
@@ -231,7 +230,7 @@ SimResult simulate(const std::vector<double>& durations, int workers, double sta
     free.pop();
     stream_until(t);
     if (auto it = running.find(w); it != running.end()) {
-      EXPECT_TRUE(s.batch_done(it->second.batch.id, {}, t - it->second.start, start_cost).empty());
+      EXPECT_TRUE(s.batch_done(it->second.batch.id, t - it->second.start, start_cost).empty());
       running.erase(it);
     }
     auto b = s.next(w);

@@ -151,7 +151,7 @@ struct Session::Impl {
   void on_collected(int i, const Message& m);
   void on_events(int i, const Message& m);
   void on_batch_done(int i, const Message& m);
-  void slot_down(int i, const std::string& why, bool failed);
+  void slot_down(int i, const std::string& why);
   void ask_collect(CollectGroup& g);
   bool collection_settled() const;
   int start_run();
@@ -170,7 +170,7 @@ void Session::Impl::send(int i, MsgKind k, nlohmann::json body) {
   try {
     s.gw->send(encode_message({k, std::move(body)}));
   } catch (const std::exception& e) {
-    slot_down(i, std::string("send failed: ") + e.what(), false);
+    slot_down(i, std::string("send failed: ") + e.what());
   }
 }
 
@@ -243,7 +243,7 @@ void Session::Impl::reader_main(int i) {
   }
 }
 
-void Session::Impl::slot_down(int i, const std::string& why, bool failed) {
+void Session::Impl::slot_down(int i, const std::string& why) {
   auto& s = *slots[static_cast<std::size_t>(i)];
   if (s.state == SlotState::dead) return;
   const bool was_up = s.state == SlotState::ready;
@@ -277,7 +277,6 @@ void Session::Impl::slot_down(int i, const std::string& why, bool failed) {
   } else {
     reporter.gateway_failed(s.info);
   }
-  (void)failed;
   // A collecting gateway that dies hands the job to another of its group.
   for (auto& g : groups)
     if (g.asked == i && !g.done) {
@@ -297,17 +296,16 @@ void Session::Impl::handle(Event& e) {
       try {
         on_message(e.slot, e.msg);
       } catch (const ProtocolError& err) {
-        slot_down(e.slot, std::string("protocol error: ") + err.what(), true);
+        slot_down(e.slot, std::string("protocol error: ") + err.what());
       } catch (const nlohmann::json::exception& err) {
         // A field of the wrong type read with value(): as bad as a missing one.
         slot_down(e.slot, fmt::format("protocol error: {} message: a field has the wrong type ({})",
-                                      to_string(e.msg.kind), err.what()),
-                  true);
+                                      to_string(e.msg.kind), err.what()));
       }
       return;
     case Event::Kind::closed:
     case Event::Kind::failed:
-      slot_down(e.slot, e.error, e.kind == Event::Kind::failed);
+      slot_down(e.slot, e.error);
       return;
   }
 }
@@ -620,14 +618,11 @@ void Session::Impl::on_batch_done(int i, const Message& m) {
         m.body.value("seconds", -1.0) * 1e3, m.body.value("startup", -1.0) * 1e3);
   auto& us = ustate[static_cast<std::size_t>(f.unit)];
   const std::string status = m.body.value("status", "?");
-  std::vector<int> unrun;
-  if (auto u = m.body.find("unrun"); u != m.body.end() && u->is_array())
-    for (const auto& n : *u)
-      if (n.is_number_unsigned() && n.get<std::uint64_t>() < f.tests.size())
-        unrun.push_back(f.tests[n.get<std::size_t>()]);
+  // `unrun` is advisory: the scheduler requeues every test of the batch
+  // that has no outcome, listed or not.
   if (auto se = m.body.find("spawn_error"); se != m.body.end())
     reporter.warning(fmt::format("[{}] could not start a test process: {}", s.info.id, se->dump()));
-  const auto give_up = us.sched->batch_done(f.sched_batch, unrun, m.body.value("seconds", -1.0),
+  const auto give_up = us.sched->batch_done(f.sched_batch, m.body.value("seconds", -1.0),
                                             m.body.value("startup", -1.0));
   for (int t : give_up) {
     TestResult r;
@@ -725,7 +720,7 @@ void Session::Impl::shutdown() {
   while (auto e = events.pop(std::chrono::milliseconds(0))) {
     auto& s = *slots[static_cast<std::size_t>(e->slot)];
     if (e->kind == Event::Kind::failed && s.state != SlotState::ready && s.state != SlotState::dead)
-      slot_down(e->slot, e->error, true);
+      slot_down(e->slot, e->error);
   }
 }
 
@@ -799,7 +794,7 @@ int Session::run() {
       if ((s.state == SlotState::opening || s.state == SlotState::awaiting_hello) &&
           Clock::now() - s.started > std::chrono::duration<double>(im.opts.hello_timeout))
         im.slot_down(static_cast<int>(i),
-                     fmt::format("no hello from the agent within {:.0f} s", im.opts.hello_timeout), true);
+                     fmt::format("no hello from the agent within {:.0f} s", im.opts.hello_timeout));
     }
     if (im.collecting) {
       for (auto& g : im.groups)
