@@ -4,6 +4,8 @@
 #include <filesystem>
 
 #include "gateway/popen_gateway.h"
+#include "gateway/socket_gateway.h"
+#include "gateway/ssh_gateway.h"
 
 namespace dtest::gateway {
 
@@ -18,8 +20,10 @@ std::string default_agent_path() {
 std::unique_ptr<Gateway> open(const xspec::Spec& spec, const OpenOptions& opts) {
   const std::string type = spec.type();
   if (type == "popen") return open_popen(spec, opts);
+  if (type == "socket") return open_socket(spec, opts);
+  if (type == "ssh") return open_ssh(spec, opts);
   throw GatewayError("gateway type '" + type + "' is not supported yet (spec '" +
-                     spec.original + "'); this build supports popen");
+                     spec.original + "'); this build supports popen, socket and ssh");
 }
 
 }  // namespace dtest::gateway

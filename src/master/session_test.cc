@@ -220,16 +220,12 @@ TEST(Session, EveryTestGetsExactlyOneOutcomeAcrossTwoWorkers) {
   EXPECT_EQ(o.at("A.Broken"), Outcome::failed);
   EXPECT_EQ(o.at("A.DISABLED_Off"), Outcome::skipped);
   EXPECT_EQ(o.at("B.T7"), Outcome::passed);
-  // Each test ran exactly once, and both workers ran some.
+  // Each test ran exactly once. (Which workers ran them depends on how fast
+  // each fake says hello; e2e_test checks that real workers share a run.)
   std::multiset<std::string> names;
-  std::set<std::string> workers;
-  for (const auto& e : h.run_log) {
-    names.insert(e.substr(e.find(':') + 1));
-    workers.insert(e.substr(0, e.find(':')));
-  }
+  for (const auto& e : h.run_log) names.insert(e.substr(e.find(':') + 1));
   EXPECT_EQ(names.size(), 61u);
   for (const auto& n : names) EXPECT_EQ(names.count(n), 1u) << n;
-  EXPECT_EQ(workers, (std::set<std::string>{"gw0", "gw1"}));
   EXPECT_THAT(h.out.str(), HasSubstr("1 failed, 60 passed, 1 skipped"));
 }
 

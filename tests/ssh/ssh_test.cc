@@ -1,0 +1,567 @@
+// ssh gateway tests against a real OpenSSH sshd on 127.0.0.1, started once
+// for this binary by tests/ssh/sshd_harness.sh. The real `dtest` runs as a
+// subprocess (hard timeout, no timing assertions) with HOME pointing into a
+// temp dir; the harness gives the remote sessions a HOME of their own
+// (DIR/remote-home), so the agent cache ~/.cache/dtest of either side is
+// isolated. The "remote" is this machine, so binaries are given by absolute
+// path. Without sshd every test is skipped with the reason.
+
+#include <gtest/gtest.h>
+
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <netinet/in.h>
+#include <optional>
+#include <poll.h>
+#include <pwd.h>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+#include "gateway/gateway.h"
+#include "gateway/ssh_gateway.h"
+
+extern char** environ;
+
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+constexpr double kHardTimeout = 90.0;
+
+const std::string kDtest = DTEST_BIN;
+const std::string kAgent = DTEST_AGENT_BIN;
+const std::string kFixtures = FIXTURES_DIR;
+const std::string kHarness = SSHD_HARNESS;
+const std::string kPass = kFixtures + "/fx_pass_test";
+const std::string kMixed = kFixtures + "/fx_mixed_test";
+const std::string kEnv = kFixtures + "/fx_env_test";
+
+struct ProcResult {
+  int exit_code = -1;
+  int signal = 0;
+  bool timed_out = false;
+  std::string out, err;
+};
+
+std::string describe(const ProcResult& r) {
+  auto cut = [](const std::string& s) {
+    constexpr std::size_t kMax = 6000;
+    return s.size() > kMax ? s.substr(0, kMax / 2) + "\n[...]\n" + s.substr(s.size() - kMax / 2) : s;
+  };
+  std::ostringstream o;
+  o << "exit_code=" << r.exit_code << " signal=" << r.signal << (r.timed_out ? " TIMED OUT" : "")
+    << "\n--- stdout ---\n"
+    << cut(r.out) << "\n--- stderr ---\n"
+    << cut(r.err) << "\n--------------";
+  return o.str();
+}
+
+// Runs argv with `env` overriding (an empty value unsets), stdout and stderr
+// captured, killed after `timeout` seconds.
+ProcResult run_process(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env = {},
+                       const std::string& cwd = "", double timeout = kHardTimeout) {
+  ProcResult res;
+  std::map<std::string, std::string> envmap;
+  for (char** e = environ; e && *e; ++e) {
+    std::string kv(*e);
+    const auto eq = kv.find('=');
+    if (eq != std::string::npos) envmap[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  for (const auto& [k, v] : env) {
+    if (v.empty()) envmap.erase(k);
+    else envmap[k] = v;
+  }
+  std::vector<std::string> envs;
+  for (const auto& [k, v] : envmap) envs.push_back(k + "=" + v);
+  std::vector<char*> envp;
+  for (auto& s : envs) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  std::vector<std::string> args = argv;
+  std::vector<char*> cargv;
+  for (auto& a : args) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+
+  int outp[2], errp[2];
+  if (::pipe2(outp, O_CLOEXEC) != 0 || ::pipe2(errp, O_CLOEXEC) != 0) throw std::runtime_error("pipe2");
+  const pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error("fork");
+  if (pid == 0) {
+    ::setpgid(0, 0);
+    ::signal(SIGPIPE, SIG_DFL);
+    const int devnull = ::open("/dev/null", O_RDONLY);
+    if (devnull >= 0) ::dup2(devnull, 0);
+    ::dup2(outp[1], 1);
+    ::dup2(errp[1], 2);
+    if (!cwd.empty() && ::chdir(cwd.c_str()) != 0) _exit(126);
+    ::execve(cargv[0], cargv.data(), envp.data());
+    _exit(127);
+  }
+  ::close(outp[1]);
+  ::close(errp[1]);
+  int fds[2] = {outp[0], errp[0]};
+  std::string* sinks[2] = {&res.out, &res.err};
+  const auto deadline = Clock::now() + std::chrono::milliseconds(static_cast<long>(timeout * 1000));
+  int status = 0;
+  while (fds[0] >= 0 || fds[1] >= 0) {
+    pollfd p[2];
+    nfds_t n = 0;
+    int which[2];
+    for (int k = 0; k < 2; ++k)
+      if (fds[k] >= 0) {
+        p[n] = {fds[k], POLLIN, 0};
+        which[n++] = k;
+      }
+    ::poll(p, n, 50);
+    for (nfds_t k = 0; k < n; ++k) {
+      if (!(p[k].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      char buf[65536];
+      const ssize_t got = ::read(p[k].fd, buf, sizeof buf);
+      if (got > 0) {
+        sinks[which[k]]->append(buf, static_cast<std::size_t>(got));
+      } else if (got == 0 || errno != EINTR) {
+        ::close(fds[which[k]]);
+        fds[which[k]] = -1;
+      }
+    }
+    if (Clock::now() > deadline) {
+      res.timed_out = true;
+      ::kill(-pid, SIGKILL);
+      ::kill(pid, SIGKILL);
+      break;
+    }
+  }
+  for (int fd : fds)
+    if (fd >= 0) ::close(fd);
+  ::waitpid(pid, &status, 0);
+  if (WIFEXITED(status)) res.exit_code = WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) res.signal = WTERMSIG(status);
+  return res;
+}
+
+bool contains(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::ostringstream o;
+  o << f.rdbuf();
+  return o.str();
+}
+
+std::string local_user() {
+  const passwd* pw = ::getpwuid(::getuid());
+  return pw ? pw->pw_name : "root";
+}
+
+// id -> outcome from `-v` lines ("[gw0] [ 50%] PASSED path::Suite.Name").
+std::map<std::string, std::string> outcomes(const std::string& out) {
+  static const std::regex re(
+      R"(^(?:\[[^\]]*\] )?\[ *\d+%\] (PASSED|FAILED|SKIPPED|XFAILED|CRASHED|TIMEOUT|NOT RUN) (\S+).*$)");
+  std::map<std::string, std::string> m;
+  std::istringstream in(out);
+  std::string l;
+  while (std::getline(in, l)) {
+    std::smatch sm;
+    if (std::regex_match(l, sm, re)) m[sm[2]] = sm[1];
+  }
+  return m;
+}
+
+// ---------------------------------------------------------------------------
+// The sshd, once for the binary
+// ---------------------------------------------------------------------------
+
+class SshdEnv : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    char tmpl[] = "/tmp/dtest-ssh-XXXXXX";
+    if (!::mkdtemp(tmpl)) {
+      skip_reason = std::string("mkdtemp: ") + std::strerror(errno);
+      return;
+    }
+    dir = tmpl;
+    const ProcResult r = run_process({"/bin/bash", kHarness, "start", dir}, {}, "", 60);
+    if (r.exit_code == 77) {
+      skip_reason = "no OpenSSH sshd: " + r.err;
+      return;
+    }
+    if (r.exit_code != 0) {
+      start_error = "sshd harness failed to start:\n" + describe(r) + "\nsshd.log:\n" + read_file(dir + "/sshd.log");
+      return;
+    }
+    port = std::stoi(read_file(dir + "/port"));
+    fs::create_directories(dir + "/local-home");
+    up = true;
+  }
+  void TearDown() override {
+    if (dir.empty()) return;
+    run_process({"/bin/bash", kHarness, "stop", dir}, {}, "", 30);
+    if (!std::getenv("DTEST_SSH_TEST_KEEP")) {
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+    }
+  }
+  bool up = false;
+  std::string dir, skip_reason, start_error;
+  int port = 0;
+};
+
+SshdEnv* g_env = nullptr;
+
+class Ssh : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!g_env->skip_reason.empty()) GTEST_SKIP() << g_env->skip_reason;
+    ASSERT_TRUE(g_env->up) << g_env->start_error;
+    dir_ = g_env->dir;
+    port_ = g_env->port;
+    work_ = dir_ + "/work-" + ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    fs::create_directories(work_);
+  }
+  void TearDown() override {
+    if (HasFailure()) {
+      // The tail of sshd's log explains most ssh failures.
+      const std::string log = read_file(dir_ + "/sshd.log");
+      std::cerr << "--- sshd.log (tail) ---\n" << log.substr(log.size() > 4000 ? log.size() - 4000 : 0) << "\n";
+    }
+  }
+
+  // ssh=-F EMPTY -i KEY -o UserKnownHostsFile=KH USER@127.0.0.1:PORT; the
+  // empty config keeps the caller's ~/.ssh/config out of the tests.
+  std::string tx(const std::string& key = "id_ed25519", const std::string& known_hosts = "known_hosts") const {
+    return "ssh=-F " + empty_config() + " -i " + dir_ + "/" + key + " -o UserKnownHostsFile=" + dir_ + "/" +
+           known_hosts + " " + local_user() + "@127.0.0.1:" + std::to_string(port_);
+  }
+  std::string empty_config() const {
+    const std::string p = dir_ + "/empty_ssh_config";
+    if (!fs::exists(p)) std::ofstream{p};
+    return p;
+  }
+
+  ProcResult dtest(const std::vector<std::string>& args, std::map<std::string, std::string> env = {}) {
+    std::vector<std::string> argv = {kDtest};
+    argv.insert(argv.end(), args.begin(), args.end());
+    env.emplace("DTEST_AGENT", kAgent);
+    env.emplace("HOME", dir_ + "/local-home");
+    env.emplace("SSH_AUTH_SOCK", "");  // unset: no ssh-agent of the caller's
+    env.emplace("DTEST_SSH_ACCEPT_NEW", "");
+    env.emplace("DTEST_SSH_KNOWN_HOSTS", "");
+    ProcResult r = run_process(argv, env, work_);
+    if (r.timed_out) ADD_FAILURE() << "dtest did not finish within " << kHardTimeout << " s\n" << describe(r);
+    return r;
+  }
+
+  std::string remote_cache() const { return dir_ + "/remote-home/.cache/dtest"; }
+
+  // The agent-<hash> files in the remote cache (no temp files).
+  std::vector<fs::path> cached_agents() const {
+    std::vector<fs::path> v;
+    std::error_code ec;
+    static const std::regex re("agent-[0-9a-f]{32}");
+    for (const auto& e : fs::directory_iterator(remote_cache(), ec))
+      if (std::regex_match(e.path().filename().string(), re)) v.push_back(e.path());
+    return v;
+  }
+
+  std::string dir_, work_;
+  int port_ = 0;
+};
+
+// ---------------------------------------------------------------------------
+// Unit level: the ssh= value and quoting
+// ---------------------------------------------------------------------------
+
+TEST(SshTarget, PlainForms) {
+  using dtest::gateway::ssh_detail::parse_target;
+  auto t = parse_target("host");
+  EXPECT_EQ(t.host, "host");
+  EXPECT_EQ(t.user, "");
+  EXPECT_FALSE(t.port);
+  t = parse_target("me@host:2222");
+  EXPECT_EQ(t.user, "me");
+  EXPECT_EQ(t.host, "host");
+  EXPECT_EQ(t.port, 2222);
+  t = parse_target("me@[::1]:2200");
+  EXPECT_EQ(t.host, "::1");
+  EXPECT_EQ(t.port, 2200);
+  t = parse_target("fe80::1");
+  EXPECT_EQ(t.host, "fe80::1");
+  EXPECT_FALSE(t.port);
+}
+
+TEST(SshTarget, ExecnetFlags) {
+  using dtest::gateway::ssh_detail::parse_target;
+  auto t = parse_target("-p 22100 -i KEY -l bob -F cfg -o UserKnownHostsFile=/kh -oStrictHostKeyChecking=accept-new "
+                        "alice@host");
+  EXPECT_EQ(t.port, 22100);
+  EXPECT_EQ(t.identities, std::vector<std::string>{"KEY"});
+  EXPECT_EQ(t.user, "bob");  // -l wins over user@, as in OpenSSH
+  EXPECT_EQ(t.host, "host");
+  EXPECT_EQ(t.config_file, "cfg");
+  EXPECT_EQ(t.known_hosts, "/kh");
+  EXPECT_EQ(t.strict_host_key_checking, "accept-new");
+  t = parse_target("-p2200 -i '/a b/key' host:22");
+  EXPECT_EQ(t.port, 2200);  // -p wins over :port
+  EXPECT_EQ(t.identities, std::vector<std::string>{"/a b/key"});
+}
+
+TEST(SshTarget, BadValuesAreClearErrors) {
+  using dtest::gateway::GatewayError;
+  using dtest::gateway::ssh_detail::parse_target;
+  auto msg = [](const std::string& v) {
+    try {
+      parse_target(v);
+    } catch (const GatewayError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_TRUE(contains(msg("-x host"), "unsupported ssh flag '-x'")) << msg("-x host");
+  EXPECT_TRUE(contains(msg("-p"), "needs a value")) << msg("-p");
+  EXPECT_TRUE(contains(msg("host:99999"), "bad port '99999'")) << msg("host:99999");
+  EXPECT_TRUE(contains(msg("-p 22"), "no host")) << msg("-p 22");
+  EXPECT_TRUE(contains(msg("a b"), "more than one destination")) << msg("a b");
+  EXPECT_TRUE(contains(msg("-o Foo=1 host"), "unsupported ssh option -o Foo=1")) << msg("-o Foo=1 host");
+}
+
+TEST(SshTarget, ShellQuote) {
+  using dtest::gateway::ssh_detail::shell_quote;
+  EXPECT_EQ(shell_quote("abc"), "'abc'");
+  EXPECT_EQ(shell_quote("it's"), "'it'\\''s'");
+  EXPECT_EQ(shell_quote(""), "''");
+  // And the shell agrees.
+  const std::string tricky = "a b'c\"d$HOME`x`\\e\n;f";
+  const ProcResult r = run_process({"/bin/sh", "-c", "printf %s " + shell_quote(tricky)});
+  EXPECT_EQ(r.out, tricky);
+}
+
+// ---------------------------------------------------------------------------
+// Against the real sshd
+// ---------------------------------------------------------------------------
+
+TEST_F(Ssh, OutcomesMatchPopen) {
+  const ProcResult p = dtest({"-v", "--tx", "popen", kPass, kMixed});
+  ASSERT_FALSE(p.timed_out);
+  const ProcResult s = dtest({"-v", "--tx", tx(), kPass, kMixed});
+  ASSERT_FALSE(s.timed_out);
+  EXPECT_EQ(s.exit_code, p.exit_code) << "ssh:\n" << describe(s) << "\npopen:\n" << describe(p);
+  EXPECT_EQ(p.exit_code, 1) << describe(p);  // fx_mixed_test has failures
+  const auto po = outcomes(p.out), so = outcomes(s.out);
+  EXPECT_GT(po.size(), 30u) << describe(p);
+  EXPECT_EQ(so, po) << describe(s);
+}
+
+TEST_F(Ssh, FirstRunUploadsTheAgentSecondReusesIt) {
+  std::error_code ec;
+  fs::remove_all(remote_cache(), ec);
+  const ProcResult r1 = dtest({"--tx", tx(), kPass});
+  ASSERT_FALSE(r1.timed_out);
+  EXPECT_EQ(r1.exit_code, 0) << describe(r1);
+  const auto agents = cached_agents();
+  ASSERT_EQ(agents.size(), 1u) << "no agent-<hash> in " << remote_cache() << "\n" << describe(r1);
+  EXPECT_EQ(fs::file_size(agents[0]), fs::file_size(kAgent));
+  EXPECT_EQ(read_file(agents[0].string()), read_file(kAgent));
+  struct stat st1 {};
+  ASSERT_EQ(::stat(agents[0].c_str(), &st1), 0);
+  EXPECT_TRUE(st1.st_mode & S_IXUSR);
+  // The default working directory: ~/.cache/dtest/work/<host>-<user>/<cwd's name>.
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  std::string h = host;
+  h = h.substr(0, h.find('.'));
+  const std::string work = remote_cache() + "/work/" + h + "-" + local_user() + "/" + fs::path(work_).filename().string();
+  EXPECT_TRUE(fs::is_directory(work)) << work;
+
+  const ProcResult r2 = dtest({"--tx", tx(), kPass});
+  ASSERT_FALSE(r2.timed_out);
+  EXPECT_EQ(r2.exit_code, 0) << describe(r2);
+  struct stat st2 {};
+  ASSERT_EQ(::stat(agents[0].c_str(), &st2), 0);
+  EXPECT_EQ(st2.st_ino, st1.st_ino) << "the agent was uploaded again";
+  EXPECT_EQ(st2.st_mtim.tv_sec, st1.st_mtim.tv_sec);
+  EXPECT_EQ(st2.st_mtim.tv_nsec, st1.st_mtim.tv_nsec);
+  EXPECT_EQ(cached_agents().size(), 1u);
+  // No temp files left behind.
+  for (const auto& e : fs::directory_iterator(remote_cache(), ec))
+    EXPECT_FALSE(contains(e.path().filename().string(), ".tmp.")) << e.path();
+}
+
+TEST_F(Ssh, SeveralGatewaysToOneHost) {
+  // Two gateways bootstrap at the same time (both may upload; temp + rename).
+  std::error_code ec;
+  fs::remove_all(remote_cache(), ec);
+  const ProcResult r = dtest({"-v", "--tx", "2*" + tx(), kPass});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_EQ(cached_agents().size(), 1u);
+  const auto o = outcomes(r.out);
+  EXPECT_GT(o.size(), 30u) << describe(r);
+}
+
+TEST_F(Ssh, ChdirEnvNicePythonAndAgentKey) {
+  // A wrapper "agent" records what it was started with, then runs the real
+  // agent; agent= makes the gateway upload it instead of dtest-agent.
+  const std::string rec = work_ + "/record.txt";
+  const std::string wrapper = work_ + "/agent-wrapper.sh";
+  {
+    std::ofstream w(wrapper);
+    w << "#!/bin/sh\n"
+      << "{ printf 'PWD=%s\\n' \"$(pwd)\"; printf 'FOO=%s\\n' \"$FOO\"; printf 'PY=%s\\n' \"$DTEST_PYTHON\";"
+      << " printf 'NICE=%s\\n' \"$(nice)\"; } > '" << rec << "'\n"
+      << "exec '" << kAgent << "' \"$@\"\n";
+  }
+  fs::permissions(wrapper, fs::perms::owner_all);
+  const std::string chdir = work_ + "/remote wd/sub";
+  const std::string value = "it's a \"b\" $HOME `x`";
+  const ProcResult r = dtest({"--tx", tx() + "//chdir=" + chdir + "//env:FOO=" + value + "//nice=3//python=py3" +
+                                     "//agent=" + wrapper,
+                              kPass});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  const std::string got = read_file(rec);
+  EXPECT_TRUE(contains(got, "PWD=" + chdir + "\n")) << got;
+  EXPECT_TRUE(contains(got, "FOO=" + value + "\n")) << got;
+  EXPECT_TRUE(contains(got, "PY=py3\n")) << got;
+  const int base = ::nice(0);
+  EXPECT_TRUE(contains(got, "NICE=" + std::to_string(std::min(base + 3, 19)) + "\n")) << got;
+}
+
+TEST_F(Ssh, KnownHostsFromTheEnvironment) {
+  const std::string spec =
+      "ssh=-F " + empty_config() + " -p " + std::to_string(port_) + " -i " + dir_ + "/id_ed25519 -l " + local_user() +
+      " 127.0.0.1";
+  const ProcResult r = dtest({"--tx", spec, kPass}, {{"DTEST_SSH_KNOWN_HOSTS", dir_ + "/known_hosts"}});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+}
+
+TEST_F(Ssh, HostAliasFromAnSshConfigFile) {
+  const std::string cfg = work_ + "/ssh_config";
+  {
+    std::ofstream c(cfg);
+    c << "Host dtestbox\n"
+      << "  HostName 127.0.0.1\n"
+      << "  Port " << port_ << "\n"
+      << "  User " << local_user() << "\n"
+      << "  IdentityFile " << dir_ << "/id_ed25519\n"
+      << "  UserKnownHostsFile " << dir_ << "/known_hosts\n";
+  }
+  const ProcResult r = dtest({"-v", "--tx", "ssh=dtestbox//ssh_config=" + cfg, kPass});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_GT(outcomes(r.out).size(), 30u) << describe(r);
+  // -F works the same way.
+  const ProcResult f = dtest({"--tx", "ssh=-F " + cfg + " dtestbox", kPass});
+  EXPECT_EQ(f.exit_code, 0) << describe(f);
+}
+
+TEST_F(Ssh, WrongKeyIsAnAuthenticationError) {
+  const ProcResult r = dtest({"--tx", tx("other_ed25519"), kPass});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 3) << describe(r);
+  const std::string all = r.out + r.err;
+  EXPECT_TRUE(contains(all, "authentication failed for user " + local_user())) << describe(r);
+  EXPECT_TRUE(contains(all, "127.0.0.1")) << describe(r);
+  EXPECT_TRUE(contains(all, "other_ed25519 (-i)")) << describe(r);
+  EXPECT_TRUE(contains(all, "ssh-agent")) << describe(r);
+}
+
+TEST_F(Ssh, UnknownHostIsRefusedWithHowToAccept) {
+  fs::copy_file(dir_ + "/empty_known_hosts", work_ + "/kh", fs::copy_options::overwrite_existing);
+  const std::string spec = "ssh=-F " + empty_config() + " -i " + dir_ + "/id_ed25519 -o UserKnownHostsFile=" + work_ +
+                           "/kh " + local_user() +
+                           "@127.0.0.1:" + std::to_string(port_);
+  const ProcResult r = dtest({"--tx", spec, kPass});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 3) << describe(r);
+  const std::string all = r.out + r.err;
+  EXPECT_TRUE(contains(all, "unknown host")) << describe(r);
+  EXPECT_TRUE(contains(all, "DTEST_SSH_ACCEPT_NEW=1")) << describe(r);
+  EXPECT_TRUE(contains(all, "SHA256:")) << describe(r);
+  EXPECT_EQ(read_file(work_ + "/kh"), "");
+
+  // Opting in accepts it and records it.
+  const ProcResult a = dtest({"--tx", spec, kPass}, {{"DTEST_SSH_ACCEPT_NEW", "1"}});
+  ASSERT_FALSE(a.timed_out);
+  EXPECT_EQ(a.exit_code, 0) << describe(a);
+  EXPECT_TRUE(contains(read_file(work_ + "/kh"), "[127.0.0.1]:" + std::to_string(port_)))
+      << read_file(work_ + "/kh");
+  // ... and from then on it is known.
+  const ProcResult b = dtest({"--tx", spec, kPass});
+  EXPECT_EQ(b.exit_code, 0) << describe(b);
+}
+
+TEST_F(Ssh, ChangedHostKeyIsAlwaysRefused) {
+  for (const std::string accept : {"", "1"}) {
+    const ProcResult r = dtest({"--tx", tx("id_ed25519", "wrong_known_hosts"), kPass},
+                               {{"DTEST_SSH_ACCEPT_NEW", accept}});
+    ASSERT_FALSE(r.timed_out);
+    EXPECT_EQ(r.exit_code, 3) << describe(r);
+    EXPECT_TRUE(contains(r.out + r.err, "HOST KEY CHANGED")) << describe(r);
+  }
+}
+
+TEST_F(Ssh, ConnectionRefusedNamesTheHost) {
+  // A port nobody listens on: bind one, note it, close it.
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  const int port = ntohs(a.sin_port);
+  ::close(fd);
+  const ProcResult r =
+      dtest({"--tx", "ssh=-i " + dir_ + "/id_ed25519 127.0.0.1:" + std::to_string(port), kPass});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 3) << describe(r);
+  EXPECT_TRUE(contains(r.out + r.err, "connection refused")) << describe(r);
+  EXPECT_TRUE(contains(r.out + r.err, "127.0.0.1:" + std::to_string(port))) << describe(r);
+}
+
+TEST_F(Ssh, UnresolvableHostIsANameResolutionError) {
+  const ProcResult r = dtest({"--tx", "ssh=no-such-host.invalid", kPass});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 3) << describe(r);
+  EXPECT_TRUE(contains(r.out + r.err, "name resolution failed")) << describe(r);
+  EXPECT_TRUE(contains(r.out + r.err, "no-such-host.invalid")) << describe(r);
+}
+
+TEST_F(Ssh, AgentThatDiesDuringStartIsReported) {
+  const std::string wrapper = work_ + "/dying-agent.sh";
+  {
+    std::ofstream w(wrapper);
+    w << "#!/bin/sh\necho 'dying-agent: cannot start' >&2\nexit 42\n";
+  }
+  fs::permissions(wrapper, fs::perms::owner_all);
+  const ProcResult r = dtest({"--tx", tx() + "//agent=" + wrapper, kPass});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 3) << describe(r);
+  EXPECT_TRUE(contains(r.out + r.err, "dying-agent: cannot start")) << describe(r);
+  EXPECT_TRUE(contains(r.out + r.err, "exit status 42")) << describe(r);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  g_env = new SshdEnv;
+  ::testing::AddGlobalTestEnvironment(g_env);
+  return RUN_ALL_TESTS();
+}
