@@ -58,6 +58,20 @@ listed() { "$1" --gtest_list_tests | grep -c '^  '; }
 expected=$(( $(listed "$FIX/fx_sleep_test") + $(listed "$FIX/fx_pass_test") ))
 
 mkdir -p "$WORK/home"
+ssh_env=(env HOME="$WORK/home" DTEST_SSH_KNOWN_HOSTS="$WORK/known_hosts")
+TX1="ssh=-i $WORK/h1/id_ed25519 root@$(addr 1 2)"
+TX2="ssh=-i $WORK/h2/id_ed25519 root@$(addr 2 2)"
+
+# --dist each: the whole suite on each host, one result per platform.
+"${ssh_env[@]}" timeout 120 "$DTEST" --dist each --tx "$TX1" --tx "$TX2" "$FIX/fx_pass_test" > "$WORK/each" 2>&1 \
+  || { cat "$WORK/each"; fail "--dist each over two hosts failed"; }
+n_pass=$(listed "$FIX/fx_pass_test")
+for gw in gw0 gw1; do
+  grep -qE "^\[$gw\] [0-9]+ passed, [0-9]+ skipped" "$WORK/each" || { cat "$WORK/each"; fail "no per-platform line for $gw"; }
+done
+grep -qE "^=+ $((2 * n_pass - 8)) passed, 8 skipped in" "$WORK/each" || { cat "$WORK/each"; fail "--dist each did not run $n_pass tests on each host"; }
+echo "dist each: $(tail -1 "$WORK/each")"
+
 HOME=$WORK/home DTEST_SSH_KNOWN_HOSTS=$WORK/known_hosts \
   timeout 120 "$DTEST" -v \
   --tx "ssh=-i $WORK/h1/id_ed25519 root@$(addr 1 2)" \

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Ctrl-C during a remote run leaves no process behind on the remote host:
+# dtest runs a slow suite over two ssh gateways to a real sshd on loopback,
+# gets SIGINT once tests are running remotely, must exit 2 with every test
+# accounted for, and within a few seconds no remote agent and no test
+# process may be left. Exits 77 (CTest skip) without sshd.
+#
+# usage: interrupt_test.sh DTEST FIXTURES_DIR SSHD_HARNESS
+set -euo pipefail
+DTEST=$1
+FIX=$2
+HARNESS=$3
+[[ -x /usr/sbin/sshd ]] || { echo "SKIP: sshd is not installed"; exit 77; }
+
+WORK=$(mktemp -d /tmp/dtest-int.XXXXXX)
+cleanup() {
+  set +e
+  pkill -9 -f "$WORK/" 2>/dev/null
+  bash "$HARNESS" stop "$WORK/h" >/dev/null 2>&1
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*"; cat "$WORK/out" 2>/dev/null; exit 1; }
+
+bash "$HARNESS" start "$WORK/h" >/dev/null || { rc=$?; [[ $rc -eq 77 ]] && exit 77; fail "sshd harness failed ($rc)"; }
+port=$(cat "$WORK/h/port")
+# The suite runs from a copy under WORK, so its processes are easy to find.
+cp "$FIX/fx_sleep_test" "$WORK/slow_test"
+mkdir -p "$WORK/home"
+
+HOME=$WORK/home DTEST_SSH_KNOWN_HOSTS=$WORK/h/known_hosts timeout 60 "$DTEST" -v \
+  --tx "2*ssh=-i $WORK/h/id_ed25519 -p $port root@127.0.0.1" "$WORK/slow_test" > "$WORK/out" 2>&1 &
+pid=$!
+
+remote() { pgrep -f "$WORK/(h/remote-home/.cache/dtest/agent-|slow_test)" || true; }
+for _ in $(seq 1 400); do
+  [[ -n "$(pgrep -f "^$WORK/slow_test" || true)" ]] && break
+  kill -0 "$pid" 2>/dev/null || break
+  sleep 0.05
+done
+[[ -n "$(pgrep -f "^$WORK/slow_test" || true)" ]] || { wait "$pid" || true; fail "no test process ever ran remotely"; }
+kill -INT "$pid"
+rc=0
+wait "$pid" || rc=$?
+[[ $rc -eq 2 ]] || fail "dtest exited $rc after SIGINT, expected 2"
+grep -q "Interrupted" "$WORK/out" || fail "no 'Interrupted' in the report"
+total=$(grep -cE '^(\[gw[01]\] )?\[ *[0-9]+%\] ' "$WORK/out" || true)
+expected=$("$FIX/fx_sleep_test" --gtest_list_tests | grep -c '^  ')
+[[ $total -eq $expected ]] || fail "$total outcomes for $expected tests"
+
+for _ in $(seq 1 100); do
+  [[ -z "$(remote)" ]] && break
+  sleep 0.05
+done
+left=$(remote)
+if [[ -n "$left" ]]; then
+  ps -o pid,ppid,args -p $left
+  fail "processes left behind on the remote host"
+fi
+echo "PASS: SIGINT -> exit 2, $total outcomes, nothing left on the remote host"
+
+# A master killed outright (SIGKILL: no shutdown at all): the connection
+# drops, sshd closes the channel, the agent sees EOF and kills its tests.
+HOME=$WORK/home DTEST_SSH_KNOWN_HOSTS=$WORK/h/known_hosts "$DTEST" -q \
+  --tx "2*ssh=-i $WORK/h/id_ed25519 -p $port root@127.0.0.1" "$WORK/slow_test" > "$WORK/out" 2>&1 &
+pid=$!
+for _ in $(seq 1 400); do
+  [[ -n "$(pgrep -f "^$WORK/slow_test" || true)" ]] && break
+  sleep 0.05
+done
+[[ -n "$(pgrep -f "^$WORK/slow_test" || true)" ]] || fail "no test process ran remotely (second run)"
+kill -KILL "$pid"
+wait "$pid" 2>/dev/null || true
+for _ in $(seq 1 200); do
+  [[ -z "$(remote)" ]] && break
+  sleep 0.05
+done
+left=$(remote)
+if [[ -n "$left" ]]; then
+  ps -o pid,ppid,args -p $left
+  fail "processes left behind on the remote host after the master was killed"
+fi
+echo "PASS: SIGKILL of the master -> nothing left on the remote host"
