@@ -27,12 +27,24 @@ struct Script {
   std::set<std::string> never_reached;                // the process exits before these
   std::map<std::string, int> die_after_runs;          // gateway id -> lose link at this RUN
   std::set<std::string> garbage;                      // gateway ids that send garbage
+  // When set, no fake says hello before this many exist, so every gateway
+  // is up before the first batch goes out (else a fast one may run all).
+  int start_together = 0;
+  mutable std::mutex start_mu;
+  mutable std::condition_variable start_cv;
+  mutable int started = 0;
 };
 
 class FakeGateway final : public gateway::Gateway {
  public:
   FakeGateway(const Script& script, std::string id, std::vector<std::string>* run_log, std::mutex* log_mu)
       : script_(script), id_(std::move(id)), run_log_(run_log), log_mu_(log_mu) {
+    if (script_.start_together > 0) {
+      std::unique_lock lock(script_.start_mu);
+      ++script_.started;
+      script_.start_cv.notify_all();
+      script_.start_cv.wait(lock, [&] { return script_.started >= script_.start_together; });
+    }
     push(MsgKind::hello, {{"proto", kProtocolVersion}, {"agent_version", "fake"}, {"os", "linux"},
                           {"arch", "x86_64"}, {"cpus", 1}, {"hostname", "fake"}, {"pid", 1}});
   }
@@ -254,6 +266,7 @@ TEST(Session, LostGatewayRequeuesItsTestsOnTheOthers) {
   Harness h;
   h.script.binaries["a"] = passing("A", 60);
   h.script.die_after_runs["gw1"] = 2;  // answers one batch, then the link drops
+  h.script.start_together = 2;
   EXPECT_EQ(h.run({"2*popen"}), kExitOk);
   const auto o = h.outcomes();
   EXPECT_EQ(o.size(), 60u);
@@ -285,6 +298,7 @@ TEST(Session, GarbageFromOneGatewayTakesItOutAndTheOtherRunsEverything) {
   Harness h;
   h.script.binaries["a"] = passing("A", 10);
   h.script.garbage = {"gw0"};
+  h.script.start_together = 2;  // gw0 is up (and failing) before gw1 finishes
   EXPECT_EQ(h.run({"2*popen"}), kExitOk);
   EXPECT_EQ(h.outcomes().size(), 10u);
   EXPECT_THAT(h.out.str(), HasSubstr("[gw0] gateway failed (2*popen): garbage from the agent"));
