@@ -2,7 +2,8 @@
 // dtest-agent) as a subprocess over the real fixture GoogleTest binaries, and
 // check its exit code, its stdout/stderr and the JUnit XML it writes.
 //
-// Every subprocess runs under a hard timeout (kHardTimeout): on expiry it is
+// Every subprocess runs under a hard timeout (RunOptions::timeout, 60 s by
+// default, from tests/support/subprocess.h): on expiry it is
 // SIGKILLed and the test FAILS, so a hang never blocks CI. No test asserts on
 // how long something took.
 //
@@ -41,14 +42,12 @@
 
 #include <nlohmann/json.hpp>
 
-extern char** environ;
+#include "support/subprocess.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-constexpr double kHardTimeout = 60.0;  // seconds, per subprocess
 
 const std::string kDtest = DTEST_BIN;
 const std::string kAgent = DTEST_AGENT_BIN;
@@ -57,149 +56,13 @@ const std::string kFixtures = FIXTURES_DIR;
 std::string fixture(const std::string& name) { return kFixtures + "/" + name; }
 
 // ---------------------------------------------------------------------------
-// Subprocess runner
+// Subprocess runner (tests/support/subprocess.h)
 // ---------------------------------------------------------------------------
 
-struct ProcResult {
-  int exit_code = -1;  // WEXITSTATUS, or -1 if killed by a signal
-  int signal = 0;      // WTERMSIG, or 0
-  bool timed_out = false;
-  pid_t pid = -1;
-  std::string out, err;
-};
-
-struct RunOptions {
-  std::string cwd;                           // empty: inherit
-  std::map<std::string, std::string> env;    // overrides
-  double timeout = kHardTimeout;
-  // Called about every 20 ms while the process runs, with its pid and the
-  // stdout read so far.
-  std::function<void(pid_t, const std::string&)> tick;
-};
-
-std::string describe(const ProcResult& r) {
-  auto cut = [](const std::string& s) {
-    constexpr std::size_t kMax = 6000;
-    return s.size() > kMax ? s.substr(0, kMax / 2) + "\n[...]\n" + s.substr(s.size() - kMax / 2) : s;
-  };
-  std::ostringstream o;
-  o << "exit_code=" << r.exit_code << " signal=" << r.signal << (r.timed_out ? " TIMED OUT" : "")
-    << "\n--- stdout ---\n"
-    << cut(r.out) << "\n--- stderr ---\n"
-    << cut(r.err) << "\n--------------";
-  return o.str();
-}
-
-ProcResult run_process(const std::vector<std::string>& argv, const RunOptions& opts = {}) {
-  ProcResult res;
-  // Environment, built before fork.
-  std::map<std::string, std::string> envmap;
-  for (char** e = environ; e && *e; ++e) {
-    std::string kv(*e);
-    const auto eq = kv.find('=');
-    if (eq == std::string::npos) continue;
-    envmap[kv.substr(0, eq)] = kv.substr(eq + 1);
-  }
-  for (const auto& [k, v] : opts.env) envmap[k] = v;
-  std::vector<std::string> envs;
-  for (const auto& [k, v] : envmap) envs.push_back(k + "=" + v);
-  std::vector<char*> envp;
-  for (auto& s : envs) envp.push_back(s.data());
-  envp.push_back(nullptr);
-  std::vector<std::string> args = argv;
-  std::vector<char*> cargv;
-  for (auto& a : args) cargv.push_back(a.data());
-  cargv.push_back(nullptr);
-
-  int outp[2], errp[2];
-  if (::pipe2(outp, O_CLOEXEC) != 0 || ::pipe2(errp, O_CLOEXEC) != 0)
-    throw std::runtime_error(std::string("pipe2: ") + std::strerror(errno));
-  const pid_t pid = ::fork();
-  if (pid < 0) throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
-  if (pid == 0) {
-    ::setpgid(0, 0);
-    ::signal(SIGPIPE, SIG_DFL);
-    ::signal(SIGINT, SIG_DFL);
-    ::signal(SIGTERM, SIG_DFL);
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
-    const int devnull = ::open("/dev/null", O_RDONLY);
-    if (devnull >= 0) ::dup2(devnull, 0);
-    ::dup2(outp[1], 1);
-    ::dup2(errp[1], 2);
-    if (!opts.cwd.empty() && ::chdir(opts.cwd.c_str()) != 0) _exit(126);
-    ::execve(cargv[0], cargv.data(), envp.data());
-    _exit(127);
-  }
-  res.pid = pid;
-  ::close(outp[1]);
-  ::close(errp[1]);
-  int fds[2] = {outp[0], errp[0]};
-  std::string* sinks[2] = {&res.out, &res.err};
-  for (int fd : fds) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
-
-  const auto deadline = Clock::now() + std::chrono::milliseconds(static_cast<long>(opts.timeout * 1000));
-  bool exited = false;
-  int status = 0;
-  std::optional<Clock::time_point> exited_at;
-  for (;;) {
-    pollfd pfds[2];
-    int n = 0;
-    int which[2];
-    for (int k = 0; k < 2; ++k)
-      if (fds[k] >= 0) {
-        pfds[n] = {fds[k], POLLIN, 0};
-        which[n++] = k;
-      }
-    if (n == 0 && exited) break;
-    if (n > 0) ::poll(pfds, static_cast<nfds_t>(n), 20);
-    else std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    for (int k = 0; k < n; ++k) {
-      if (!(pfds[k].revents & (POLLIN | POLLHUP | POLLERR))) continue;
-      char buf[65536];
-      for (;;) {
-        const ssize_t got = ::read(pfds[k].fd, buf, sizeof buf);
-        if (got > 0) {
-          sinks[which[k]]->append(buf, static_cast<std::size_t>(got));
-          continue;
-        }
-        if (got == 0 || (errno != EAGAIN && errno != EINTR)) {
-          ::close(fds[which[k]]);
-          fds[which[k]] = -1;
-        }
-        break;
-      }
-    }
-    if (!exited) {
-      const pid_t w = ::waitpid(pid, &status, WNOHANG);
-      if (w == pid) {
-        exited = true;
-        exited_at = Clock::now();
-      }
-    }
-    if (exited) {
-      // Something else (a leaked grandchild) may still hold the pipes: stop
-      // reading after a grace period instead of hanging.
-      if (Clock::now() - *exited_at > std::chrono::seconds(3)) break;
-      continue;
-    }
-    if (opts.tick) opts.tick(pid, res.out);
-    if (Clock::now() > deadline) {
-      res.timed_out = true;
-      ::kill(-pid, SIGKILL);
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      exited = true;
-      exited_at = Clock::now();
-    }
-  }
-  for (int fd : fds)
-    if (fd >= 0) ::close(fd);
-  if (WIFEXITED(status)) res.exit_code = WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) res.signal = WTERMSIG(status);
-  return res;
-}
+using dtest::testing::describe;
+using dtest::testing::ProcResult;
+using dtest::testing::run_process;
+using dtest::testing::RunOptions;
 
 // Runs dtest; a hang (hard timeout) fails the calling test.
 ProcResult dtest(const std::vector<std::string>& args, RunOptions opts = {}) {

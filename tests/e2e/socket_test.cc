@@ -37,7 +37,7 @@
 #include <unistd.h>
 #include <vector>
 
-extern char** environ;
+#include "support/subprocess.h"
 
 namespace {
 
@@ -63,141 +63,23 @@ std::string read_file(const std::string& path) {
 }
 
 // ---------------------------------------------------------------------------
-// Subprocesses
+// Subprocesses (tests/support/subprocess.h)
 // ---------------------------------------------------------------------------
 
-struct ProcResult {
-  int exit_code = -1;  // WEXITSTATUS, or -1 if killed by a signal
-  int signal = 0;
-  bool timed_out = false;
-  std::string out, err;
-};
-
-std::string describe(const ProcResult& r) {
-  auto cut = [](const std::string& s) {
-    constexpr std::size_t kMax = 6000;
-    return s.size() > kMax ? s.substr(0, kMax / 2) + "\n[...]\n" + s.substr(s.size() - kMax / 2) : s;
-  };
-  std::ostringstream o;
-  o << "exit_code=" << r.exit_code << " signal=" << r.signal << (r.timed_out ? " TIMED OUT" : "")
-    << "\n--- stdout ---\n"
-    << cut(r.out) << "\n--- stderr ---\n"
-    << cut(r.err) << "\n--------------";
-  return o.str();
-}
+using dtest::testing::describe;
+using dtest::testing::ProcResult;
+using dtest::testing::run_process;
+using dtest::testing::RunOptions;
+using dtest::testing::spawn_process;
 
 using Env = std::map<std::string, std::string>;
 
-std::vector<std::string> make_env(const Env& overrides) {
-  std::map<std::string, std::string> m;
-  for (char** e = environ; e && *e; ++e) {
-    std::string kv(*e);
-    const auto eq = kv.find('=');
-    if (eq != std::string::npos) m[kv.substr(0, eq)] = kv.substr(eq + 1);
-  }
-  for (const auto& [k, v] : overrides) m[k] = v;
-  std::vector<std::string> v;
-  for (const auto& [k, val] : m) v.push_back(k + "=" + val);
-  return v;
-}
-
-// fork + exec in a process group of its own, stdin from /dev/null; stdout and
-// stderr to the given fds (or -1 to keep).
-pid_t spawn(const std::vector<std::string>& argv, const Env& env, int out_fd, int err_fd) {
-  std::vector<std::string> envs = make_env(env), args = argv;
-  std::vector<char*> envp, cargv;
-  for (auto& s : envs) envp.push_back(s.data());
-  envp.push_back(nullptr);
-  for (auto& a : args) cargv.push_back(a.data());
-  cargv.push_back(nullptr);
-  const pid_t pid = ::fork();
-  if (pid < 0) throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
-  if (pid == 0) {
-    ::setpgid(0, 0);
-    for (int s : {SIGPIPE, SIGINT, SIGTERM}) ::signal(s, SIG_DFL);
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
-    const int devnull = ::open("/dev/null", O_RDONLY);
-    if (devnull >= 0) ::dup2(devnull, 0);
-    if (out_fd >= 0) ::dup2(out_fd, 1);
-    if (err_fd >= 0) ::dup2(err_fd, 2);
-    ::execve(cargv[0], cargv.data(), envp.data());
-    _exit(127);
-  }
-  ::setpgid(pid, pid);
-  return pid;
-}
-
-// Runs to completion under a hard timeout. `tick` is called about every
-// 20 ms with the stdout read so far.
-ProcResult run_process(const std::vector<std::string>& argv, const Env& env,
-                       const std::function<void(const std::string&)>& tick = {}, double timeout = kHardTimeout) {
-  ProcResult res;
-  int outp[2], errp[2];
-  if (::pipe2(outp, O_CLOEXEC) != 0 || ::pipe2(errp, O_CLOEXEC) != 0)
-    throw std::runtime_error(std::string("pipe2: ") + std::strerror(errno));
-  const pid_t pid = spawn(argv, env, outp[1], errp[1]);
-  ::close(outp[1]);
-  ::close(errp[1]);
-  int fds[2] = {outp[0], errp[0]};
-  std::string* sinks[2] = {&res.out, &res.err};
-  for (int fd : fds) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
-  const auto deadline = Clock::now() + std::chrono::milliseconds(static_cast<long>(timeout * 1000));
-  int status = 0;
-  bool exited = false;
-  std::optional<Clock::time_point> exited_at;
-  for (;;) {
-    pollfd pfds[2];
-    int which[2];
-    int n = 0;
-    for (int k = 0; k < 2; ++k)
-      if (fds[k] >= 0) {
-        pfds[n] = {fds[k], POLLIN, 0};
-        which[n++] = k;
-      }
-    if (n == 0 && exited) break;
-    if (n > 0) ::poll(pfds, static_cast<nfds_t>(n), 20);
-    else std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    for (int k = 0; k < n; ++k) {
-      if (!(pfds[k].revents & (POLLIN | POLLHUP | POLLERR))) continue;
-      char buf[65536];
-      for (;;) {
-        const ssize_t got = ::read(pfds[k].fd, buf, sizeof buf);
-        if (got > 0) {
-          sinks[which[k]]->append(buf, static_cast<std::size_t>(got));
-          continue;
-        }
-        if (got == 0 || (errno != EAGAIN && errno != EINTR)) {
-          ::close(fds[which[k]]);
-          fds[which[k]] = -1;
-        }
-        break;
-      }
-    }
-    if (!exited && ::waitpid(pid, &status, WNOHANG) == pid) {
-      exited = true;
-      exited_at = Clock::now();
-    }
-    if (exited) {
-      if (Clock::now() - *exited_at > std::chrono::seconds(3)) break;
-      continue;
-    }
-    if (tick) tick(res.out);
-    if (Clock::now() > deadline) {
-      res.timed_out = true;
-      ::kill(-pid, SIGKILL);
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      exited = true;
-      exited_at = Clock::now();
-    }
-  }
-  for (int fd : fds)
-    if (fd >= 0) ::close(fd);
-  if (WIFEXITED(status)) res.exit_code = WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) res.signal = WTERMSIG(status);
-  return res;
+// Options with `env` overriding the environment, under a hard timeout.
+RunOptions run_opts(Env env = {}, double timeout = kHardTimeout) {
+  RunOptions o;
+  o.env = std::move(env);
+  o.timeout = timeout;
+  return o;
 }
 
 // Waits (hard timeout) for `pred`; false if it never held.
@@ -286,8 +168,8 @@ class Server {
     port_file_ = dir_ + "/server" + tag + ".port";
     const int logfd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (logfd < 0) return false;
-    pid_ = spawn({kAgent, "--listen", address_, "--token-file", token_file_, "--port-file", port_file_},
-                 {{"DTEST_TOKEN", ""}}, logfd, logfd);
+    pid_ = spawn_process({kAgent, "--listen", address_, "--token-file", token_file_, "--port-file", port_file_},
+                         run_opts({{"DTEST_TOKEN", ""}}), logfd, logfd);
     ::close(logfd);
     const bool up = eventually([&] { return fs::exists(port_file_) || !running(); });
     if (!up || !fs::exists(port_file_)) return false;
@@ -395,7 +277,9 @@ class socket_e2e : public ::testing::Test {
     env.emplace("DTEST_TOKEN", "");
     env.emplace("DTEST_TOKEN_FILE", token_file_);
     args.insert(args.begin(), kDtest);
-    ProcResult r = run_process(args, env, tick);
+    RunOptions opts = run_opts(std::move(env));
+    if (tick) opts.tick = [&tick](pid_t, const std::string& out) { tick(out); };
+    ProcResult r = run_process(args, opts);
     if (r.timed_out) ADD_FAILURE() << "dtest did not finish within " << kHardTimeout << " s\n" << describe(r);
     return r;
   }
@@ -619,15 +503,16 @@ TEST_F(socket_e2e, ServerKilledOutrightStillTakesItsAgentsDown) {
 }
 
 TEST_F(socket_e2e, AgentRejectsBadListenArguments) {
-  const ProcResult name = run_process({kAgent, "--listen", "example.com:80", "--token-file", token_file_}, {}, {}, 20);
+  const ProcResult name = run_process({kAgent, "--listen", "example.com:80", "--token-file", token_file_}, run_opts({}, 20));
   EXPECT_EQ(name.exit_code, 4) << describe(name);
   EXPECT_TRUE(contains(name.err, "not a numeric address")) << describe(name);
-  const ProcResult notoken = run_process({kAgent, "--listen", "127.0.0.1:0"}, {{"DTEST_TOKEN", ""}, {"DTEST_TOKEN_FILE", ""}}, {}, 20);
+  const ProcResult notoken = run_process({kAgent, "--listen", "127.0.0.1:0"},
+                                          run_opts({{"DTEST_TOKEN", ""}, {"DTEST_TOKEN_FILE", ""}}, 20));
   EXPECT_EQ(notoken.exit_code, 4) << describe(notoken);
   EXPECT_TRUE(contains(notoken.err, "--listen needs a token")) << describe(notoken);
   // The port is taken: a clear error, exit 3.
   const ProcResult busy = run_process({kAgent, "--listen", "127.0.0.1:" + std::to_string(server_->port()),
-                                       "--token-file", token_file_}, {}, {}, 20);
+                                       "--token-file", token_file_}, run_opts({}, 20));
   EXPECT_EQ(busy.exit_code, 3) << describe(busy);
   EXPECT_TRUE(contains(busy.err, "Address already in use")) << describe(busy);
 }
