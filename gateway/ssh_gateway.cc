@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
@@ -16,6 +17,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pwd.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
@@ -284,359 +286,438 @@ struct CommandResult {
   std::string out, err;
 };
 
-class SshGateway final : public Gateway {
+// A failure of one step, without the "ssh gateway 'SPEC' (where): " prefix
+// (each gateway adds its own).
+class Cause : public std::runtime_error {
  public:
-  SshGateway(const xspec::Spec& spec, const OpenOptions& opts) : spec_(spec.original) {
-    try {
-      target_ = ssh_detail::parse_target(spec.get("ssh").value_or(""));
-    } catch (const GatewayError& e) {
-      throw GatewayError("ssh gateway '" + spec_ + "': " + e.what());
+  using std::runtime_error::runtime_error;
+};
+// The server refused another session (channel) on a connection that has
+// some already: OpenSSH's MaxSessions (default 10). The gateway retries on
+// another connection to the same host.
+class Refused : public Cause {
+ public:
+  using Cause::Cause;
+};
+
+// What a gateway and its connection's pump share about one agent channel.
+struct ChanState {
+  std::mutex mu;  // guards what follows
+  std::condition_variable cv;
+  bool done = false;  // the pump has let go of the channel; the socketpair end is closed
+  std::optional<int> exit_status;
+  std::string exit_signal;
+  std::string err_tail;  // the agent's stderr, last 8 KiB
+  std::string error;     // why the channel ended abnormally (connection lost ...)
+  std::atomic<bool> stop{false};  // terminate(): the pump closes the channel
+};
+
+// A gateway's request for an agent channel, answered by the pump.
+struct OpenCmd {
+  // in
+  std::string agent_path;
+  bool explicit_agent = false;
+  std::string script_prefix;  // "d=... && cd "$d" && exec [env ...] [nice -n N]"; the agent's path follows
+  // out (under Connection::mu_)
+  enum class Status { pending, ok, failed, refused } status = Status::pending;
+  std::string cause;
+  int fd = -1;  // the gateway's end of the socketpair
+  std::shared_ptr<ChanState> state;
+};
+
+// A session with its options applied but not connected, and what identifies
+// it for sharing.
+struct Prepared {
+  SessionPtr session;
+  std::string host, user, where, key;
+  unsigned port = 22;
+  bool accept_new = false;
+};
+
+// One libssh session shared by every gateway to the same connection
+// parameters (like OpenSSH's ControlMaster). Its pump thread makes every
+// libssh call for the session: connect, host key, auth, bootstrap, opening
+// channels, moving bytes between each channel and its gateway's socketpair,
+// EOF, signals, close. Gateways talk to it through the command queue
+// (opens), ChanState::stop (terminate) and their socketpair (data, close =
+// shutdown), and wake it with an eventfd.
+class Connection {
+ public:
+  Connection(Prepared& p, const ssh_detail::Target& target)
+      : session_(std::move(p.session)),
+        target_(target),
+        host_(p.host),
+        user_(p.user),
+        where_(p.where),
+        port_(p.port),
+        accept_new_(p.accept_new) {
+    wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (wake_fd_ < 0) throw GatewayError(std::string("eventfd: ") + std::strerror(errno));
+  }
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  ~Connection() {
+    {
+      std::lock_guard lock(mu_);
+      shutdown_ = true;
     }
-    if (auto cfg = spec.get("ssh_config"); cfg && target_.config_file.empty()) target_.config_file = *cfg;
-    where_ = target_.host;
-
-    explicit_agent_ = spec.get("agent").has_value();
-    agent_path_ = spec.get("agent").value_or(opts.default_agent);
-    std::error_code ec;
-    if (!std::filesystem::is_regular_file(agent_path_, ec))
-      fail("agent not found: " + agent_path_ + " (set the agent= key to a dtest-agent for the remote host)");
-    int nice_value = 0;
-    if (auto n = spec.get("nice")) {
-      try {
-        nice_value = std::stoi(*n);
-      } catch (const std::exception&) {
-        fail("bad nice value '" + *n + "'");
-      }
-    }
-    auto env = spec.env();
-    if (auto py = spec.get("python")) env["DTEST_PYTHON"] = *py;
-    for (const auto& [k, v] : env)
-      if (!valid_env_name(k)) fail("bad environment variable name '" + k + "'");
-
-    connect();
-    verify_host_key();
-    authenticate();
-    const std::string remote_agent = bootstrap();
-    start_agent(remote_agent, spec.get("chdir"), nice_value, env);
-    start_pump();
-  }
-
-  ~SshGateway() override {
-    terminate();
-    if (sock_ >= 0) ::close(sock_);
-    for (int fd : wake_)
-      if (fd >= 0) ::close(fd);
-  }
-
-  void send(const Frame& f) override {
-    if (closed_) fail_io("already closed");
-    try {
-      write_all(sock_, encode_frame(f));
-    } catch (const std::system_error& e) {
-      fail_io(std::string("the connection to the agent is gone (") + e.what() + ")" + exit_note());
-    }
-  }
-
-  std::optional<Frame> receive() override {
-    char buf[65536];
-    for (;;) {
-      if (auto f = decoder_.pop()) return f;
-      ssize_t n = 0;
-      try {
-        n = read_some(sock_, buf, sizeof buf);
-      } catch (const std::system_error& e) {
-        fail_io(std::string("read: ") + e.what());
-      }
-      if (n == 0) {
-        {
-          std::lock_guard lock(mu_);
-          if (!pump_error_.empty()) fail_io(pump_error_);
-        }
-        if (decoder_.buffered() > 0) throw ProtocolError("agent output ended inside a frame");
-        return std::nullopt;
-      }
-      if (n > 0) decoder_.feed(std::string_view(buf, static_cast<std::size_t>(n)));
-    }
-  }
-
-  void close() override {
-    if (!closed_.exchange(true) && sock_ >= 0) ::shutdown(sock_, SHUT_WR);
-  }
-
-  void terminate() override {
-    close();
-    std::lock_guard lock(terminate_mu_);
-    if (!pump_.joinable()) return;
-    stop_ = true;
     wake();
-    pump_.join();
+    if (thread_.joinable()) thread_.join();
+    ::close(wake_fd_);
   }
 
-  std::string wait(double timeout_s) override {
-    close();
-    std::unique_lock lock(mu_);
-    const bool ended = done_cv_.wait_for(lock, std::chrono::milliseconds(static_cast<long>(timeout_s * 1000)),
-                                         [&] { return pump_done_; });
-    std::string how;
-    if (!ended) how = "killed after " + std::to_string(timeout_s) + " s";
-    else if (exit_status_) how = describe_exit(*exit_status_);
-    else if (!exit_signal_.empty()) how = "signal " + exit_signal_;
-    else how = pump_error_.empty() ? "connection closed" : pump_error_;
-    lock.unlock();
-    terminate();
-    return how;
+  void start() { thread_ = std::thread([this] { pump_main(); }); }
+
+  // Queues an open unless the connection has ended or is full.
+  bool try_submit(const std::shared_ptr<OpenCmd>& c) {
+    {
+      std::lock_guard lock(mu_);
+      if (closed_ || full_) return false;
+      queue_.push_back(c);
+    }
+    wake();
+    return true;
   }
 
-  std::string diagnostics() override {
+  bool usable() {
     std::lock_guard lock(mu_);
-    std::string d = err_tail_;
-    if (exit_status_ && *exit_status_ != 0) {
-      if (!d.empty() && d.back() != '\n') d += '\n';
-      d += "[ssh " + where_ + "] the remote agent command ended with " + describe_exit(*exit_status_) + "\n";
-    } else if (!exit_signal_.empty()) {
-      if (!d.empty() && d.back() != '\n') d += '\n';
-      d += "[ssh " + where_ + "] the remote agent was killed by signal " + exit_signal_ + "\n";
-    }
-    if (!pump_error_.empty()) {
-      if (!d.empty() && d.back() != '\n') d += '\n';
-      d += "[ssh " + where_ + "] " + pump_error_ + "\n";
-    }
-    return d;
+    return !closed_;
+  }
+
+  void wait_answer(const std::shared_ptr<OpenCmd>& c) {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return c->status != OpenCmd::Status::pending; });
+  }
+
+  void wake() {
+    const uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof one);
   }
 
  private:
-  static std::string describe_exit(int status) {
-    std::string s = "exit status " + std::to_string(status);
-    if (status == 127) s += " (command not found)";
-    if (status == 126) s += " (not executable)";
-    return s;
-  }
+  struct Chan {
+    ChannelPtr ch;
+    int fd = -1;  // the pump's end of the socketpair (non-blocking)
+    std::shared_ptr<ChanState> state;
+    ssh_channel_callbacks_struct callbacks{};
+    std::string to_chan, to_sock, error;
+    bool sock_eof = false, eof_sent = false, out_eof = false, err_eof = false, sock_shut = false;
+    std::optional<Clock::time_point> out_eof_at;
+  };
 
-  [[noreturn]] void fail(const std::string& cause) const {
-    throw GatewayError("ssh gateway '" + spec_ + "' (" + where_ + "): " + cause);
-  }
-  [[noreturn]] void fail_io(const std::string& cause) const { fail(cause); }
-
-  std::string exit_note() {
-    std::lock_guard lock(mu_);
-    if (exit_status_) return "; remote agent ended with " + describe_exit(*exit_status_);
-    return "";
-  }
+  static constexpr std::size_t kHigh = 1 << 20;
 
   std::string ssh_error() const { return ssh_get_error(session_.get()); }
 
   // ---------------------------------------------------------------------
-  // connection
+  // the pump
 
-  void connect() {
-    session_.reset(ssh_new());
-    if (!session_) fail("ssh_new failed (out of memory?)");
+  void pump_main() {
+    try {
+      establish();
+    } catch (const std::exception& e) {
+      fail_connection(e.what());
+      session_.reset();
+      return;
+    }
     ssh_session s = session_.get();
-    int verbosity = SSH_LOG_NOLOG;
-    if (const char* v = std::getenv("DTEST_SSH_DEBUG"); v && *v) verbosity = std::atoi(v);
-    ssh_options_set(s, SSH_OPTIONS_LOG_VERBOSITY, &verbosity);
-    if (ssh_options_set(s, SSH_OPTIONS_HOST, target_.host.c_str()) != 0) fail("bad host: " + ssh_error());
-    long timeout = 30;
-    ssh_options_set(s, SSH_OPTIONS_TIMEOUT, &timeout);
-    // The config may rewrite the host (HostName), port, user, identities,
-    // known hosts; what the xspec says explicitly is applied afterwards and
-    // wins, as on OpenSSH's command line.
-    if (!target_.config_file.empty()) {
-      std::error_code ec;
-      if (!std::filesystem::exists(target_.config_file, ec)) fail("ssh config file not found: " + target_.config_file);
-      if (ssh_options_parse_config(s, target_.config_file.c_str()) != 0)
-        fail("cannot parse ssh config " + target_.config_file + ": " + ssh_error());
-    } else if (ssh_options_parse_config(s, nullptr) != 0) {
-      fail("cannot parse ~/.ssh/config or /etc/ssh/ssh_config: " + ssh_error());
-    }
-    bool no = false;
-    ssh_options_set(s, SSH_OPTIONS_PROCESS_CONFIG, &no);
-    if (target_.port) {
-      unsigned port = static_cast<unsigned>(*target_.port);
-      ssh_options_set(s, SSH_OPTIONS_PORT, &port);
-    }
-    if (!target_.user.empty()) ssh_options_set(s, SSH_OPTIONS_USER, target_.user.c_str());
-    for (const auto& id : target_.identities) {
-      std::error_code ec;
-      if (!std::filesystem::exists(id, ec)) fail("identity file not found: " + id);
-      ssh_options_set(s, SSH_OPTIONS_ADD_IDENTITY, id.c_str());
-    }
-    std::string kh = target_.known_hosts;
-    if (kh.empty())
-      if (const char* e = std::getenv("DTEST_SSH_KNOWN_HOSTS"); e && *e) kh = e;
-    if (!kh.empty()) ssh_options_set(s, SSH_OPTIONS_KNOWNHOSTS, kh.c_str());
-    if (target_.connect_timeout) {
-      long t = *target_.connect_timeout;
-      ssh_options_set(s, SSH_OPTIONS_TIMEOUT, &t);
-    }
-
-    // Names for messages: what libssh will actually use.
-    char* v = nullptr;
-    if (ssh_options_get(s, SSH_OPTIONS_HOST, &v) == SSH_OK && v) {
-      host_ = v;
-      ssh_string_free_char(v);
-    } else {
-      host_ = target_.host;
-    }
-    v = nullptr;
-    if (ssh_options_get(s, SSH_OPTIONS_USER, &v) == SSH_OK && v) {
-      user_ = v;
-      ssh_string_free_char(v);
-    } else {
-      user_ = local_user();
-    }
-    unsigned port = 22;
-    ssh_options_get_port(s, &port);
-    port_ = port;
-    where_ = user_ + "@" + host_ + (port_ != 22 ? ":" + std::to_string(port_) : "");
-
-    if (ssh_connect(s) != SSH_OK) {
-      const std::string e = ssh_error();
-      std::string cause;
-      if (e.find("resolve") != std::string::npos) cause = "name resolution failed: ";
-      else if (e.find("refused") != std::string::npos) cause = "connection refused: ";
-      else if (e.find("imeout") != std::string::npos || e.find("timed out") != std::string::npos)
-        cause = "connection timed out: ";
-      else if (e.find("disconnected") != std::string::npos)
-        cause = "cannot connect (network unreachable, or the server closed the connection at once): ";
-      else cause = "cannot connect: ";
-      fail(cause + e);
-    }
-    detect_dead_links(ssh_get_fd(s));
-  }
-
-  // A cut link sends no RST: without this a read would wait for ever. TCP
-  // keepalive probes an idle connection (5 s, then every 2 s, 3 misses) and
-  // TCP_USER_TIMEOUT bounds unacknowledged data, so a dead link surfaces as
-  // a socket error within about 15 s and the gateway's tests are requeued.
-  static void detect_dead_links(int fd) {
-    if (fd < 0) return;
-    const int on = 1, idle = 5, interval = 2, count = 3;
-    const unsigned user_timeout_ms = 15000;
-    ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
-    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
-    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
-    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
-    ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof user_timeout_ms);
-  }
-
-  void verify_host_key() {
-    ssh_session s = session_.get();
-    ssh_key raw = nullptr;
-    if (ssh_get_server_publickey(s, &raw) != SSH_OK) fail("no host key from the server: " + ssh_error());
-    std::unique_ptr<std::remove_pointer_t<ssh_key>, KeyDeleter> key(raw);
-    std::string fingerprint = "?";
-    unsigned char* hash = nullptr;
-    size_t hlen = 0;
-    if (ssh_get_publickey_hash(key.get(), SSH_PUBLICKEY_HASH_SHA256, &hash, &hlen) == 0) {
-      if (char* fp = ssh_get_fingerprint_hash(SSH_PUBLICKEY_HASH_SHA256, hash, hlen)) {
-        fingerprint = fp;
-        ssh_string_free_char(fp);
+    ssh_event event = ssh_event_new();
+    if (event) ssh_event_add_session(event, s);
+    std::string lost;  // the connection broke
+    std::vector<char> buf(65536);
+    for (;;) {
+      std::deque<std::shared_ptr<OpenCmd>> cmds;
+      {
+        std::lock_guard lock(mu_);
+        if (shutdown_) break;
+        cmds.swap(queue_);
       }
-      ssh_clean_pubkey_hash(&hash);
-    }
-    const char* type = ssh_key_type_to_char(ssh_key_type(key.get()));
-    const std::string shown = std::string(type ? type : "?") + " key " + fingerprint;
-    std::string kh_file = "~/.ssh/known_hosts";
-    char* v = nullptr;
-    if (ssh_options_get(s, SSH_OPTIONS_KNOWNHOSTS, &v) == SSH_OK && v) {
-      kh_file = v;
-      ssh_string_free_char(v);
-    }
-    const std::string entry = port_ == 22 ? host_ : "[" + host_ + "]:" + std::to_string(port_);
-    const bool accept_new = target_.strict_host_key_checking == "accept-new" ||
-                            target_.strict_host_key_checking == "no" ||
-                            (std::getenv("DTEST_SSH_ACCEPT_NEW") && std::string(std::getenv("DTEST_SSH_ACCEPT_NEW")) == "1");
-    switch (ssh_session_is_known_server(s)) {
-      case SSH_KNOWN_HOSTS_OK:
-        return;
-      case SSH_KNOWN_HOSTS_CHANGED:
-        fail("HOST KEY CHANGED: " + entry + " now presents " + shown + ", which does not match its entry in " +
-             kh_file + ". Someone may be intercepting the connection, or the host key was replaced. Refusing "
-             "to connect. If the change is expected, remove the old entry (ssh-keygen -R '" + entry + "' -f " +
-             kh_file + ") and connect again.");
-      case SSH_KNOWN_HOSTS_OTHER:
-        fail("HOST KEY CHANGED: " + entry + " presents " + shown + " but " + kh_file +
-             " lists a key of another type for it. Refusing to connect. If the change is expected, remove "
-             "the old entry (ssh-keygen -R '" + entry + "' -f " + kh_file + ") and connect again.");
-      case SSH_KNOWN_HOSTS_NOT_FOUND:
-      case SSH_KNOWN_HOSTS_UNKNOWN:
-        if (accept_new) {
-          if (ssh_session_update_known_hosts(s) != SSH_OK)
-            fail("cannot add " + entry + " to " + kh_file + ": " + ssh_error());
-          return;
+      while (!cmds.empty() && lost.empty()) {
+        auto c = cmds.front();
+        cmds.pop_front();
+        open_channel(*c);
+        if (!ssh_is_connected(s)) lost = "connection lost: " + ssh_error();
+        if (c->status == OpenCmd::Status::refused) {
+          // Full: the rest go elsewhere too (they are retried on another
+          // connection), and so does every later open.
+          std::lock_guard lock(mu_);
+          full_ = true;
+          for (auto& r : cmds) {
+            r->status = OpenCmd::Status::refused;
+            r->cause = c->cause;
+          }
+          cmds.clear();
         }
-        fail("unknown host: " + entry + " presents " + shown + ", and it is not in " + kh_file +
-             ". Refusing to connect. To accept it, check the fingerprint and either connect once with "
-             "ssh (ssh " + (port_ != 22 ? "-p " + std::to_string(port_) + " " : std::string()) + user_ + "@" +
-             host_ + "), or set DTEST_SSH_ACCEPT_NEW=1 (like StrictHostKeyChecking=accept-new) to add it to " +
-             kh_file + " on first use.");
-      case SSH_KNOWN_HOSTS_ERROR:
-      default:
-        fail("cannot check the host key against " + kh_file + ": " + ssh_error());
+        std::lock_guard lock(mu_);
+        cv_.notify_all();
+      }
+      if (!lost.empty()) {
+        std::lock_guard lock(mu_);
+        for (auto& r : cmds) queue_.push_front(r);  // answered by fail_connection
+        break;
+      }
+      for (auto it = chans_.begin(); it != chans_.end();) {
+        if (step(**it, buf.data(), buf.size())) {
+          finish(**it);
+          it = chans_.erase(it);
+          std::lock_guard lock(mu_);
+          full_ = false;  // room for one more session again
+        } else {
+          ++it;
+        }
+      }
+      if (!ssh_is_connected(s)) {
+        lost = "connection lost: " + ssh_error();
+        break;
+      }
+      if (chans_.empty()) {
+        std::lock_guard lock(mu_);
+        if (queue_.empty()) {  // the last channel is gone: end the session
+          closed_ = true;
+          break;
+        }
+        continue;
+      }
+
+      std::vector<pollfd> pfds;
+      pfds.push_back({wake_fd_, POLLIN, 0});
+      pfds.push_back({ssh_get_fd(s), POLLIN, 0});
+      for (const auto& c : chans_) {
+        short events = 0;
+        if (!c->sock_eof && c->to_chan.size() < kHigh) events |= POLLIN;
+        if (!c->to_sock.empty()) events |= POLLOUT;
+        if (events) pfds.push_back({c->fd, events, 0});
+      }
+      ::poll(pfds.data(), pfds.size(), 200);
+      // Takes whatever arrived off the socket into the channels' buffers
+      // (and runs the exit-status callbacks), also for channels nobody
+      // reads right now (at EOF, or their gateway is slow).
+      if (event) ssh_event_dopoll(event, 0);
+      if (pfds[0].revents & POLLIN) {
+        uint64_t n;
+        [[maybe_unused]] ssize_t r = ::read(wake_fd_, &n, sizeof n);
+      }
     }
+    // Tear down: every channel left ends (the agent is asked to stop), every
+    // open still queued fails, then the session is disconnected.
+    for (auto& c : chans_) {
+      if (!lost.empty() && c->error.empty()) c->error = lost;
+      finish(*c);
+    }
+    chans_.clear();
+    if (event) {
+      ssh_event_remove_session(event, s);
+      ssh_event_free(event);
+    }
+    fail_connection(lost.empty() ? "the connection was shut down" : lost);
+    session_.reset();
   }
 
-  void authenticate() {
-    ssh_session s = session_.get();
-    int rc = ssh_userauth_none(s, nullptr);
-    if (rc == SSH_AUTH_SUCCESS) return;
-    if (rc == SSH_AUTH_ERROR) fail("authentication failed: " + ssh_error());
-    const int methods = ssh_userauth_list(s, nullptr);
-    std::vector<std::string> offered;
-    if (methods & SSH_AUTH_METHOD_PUBLICKEY) offered.push_back("publickey");
-    if (methods & SSH_AUTH_METHOD_PASSWORD) offered.push_back("password");
-    if (methods & SSH_AUTH_METHOD_INTERACTIVE) offered.push_back("keyboard-interactive");
-    if (methods & SSH_AUTH_METHOD_GSSAPI_MIC) offered.push_back("gssapi-with-mic");
-    if (methods & SSH_AUTH_METHOD_HOSTBASED) offered.push_back("hostbased");
-    std::string tried = "none";
-    if (methods & SSH_AUTH_METHOD_PUBLICKEY) {
-      rc = ssh_userauth_publickey_auto(s, nullptr, nullptr);
-      if (rc == SSH_AUTH_SUCCESS) return;
-      if (rc == SSH_AUTH_ERROR) fail("authentication failed for user " + user_ + ": " + ssh_error());
-      const char* sock = std::getenv("SSH_AUTH_SOCK");
-      tried += ", publickey with ssh-agent (";
-      tried += sock && *sock ? std::string("SSH_AUTH_SOCK=") + sock : std::string("not running: SSH_AUTH_SOCK unset");
-      tried += ")";
-      std::vector<std::string> files;
-      for (const auto& id : target_.identities) files.push_back(id + " (-i)");
-      std::string home;
-      if (const passwd* pw = ::getpwuid(::getuid()); pw && pw->pw_dir) home = pw->pw_dir;
-      for (const char* name : {"id_ed25519", "id_ecdsa", "id_rsa"}) {
-        const std::string p = home + "/.ssh/" + name;
-        std::error_code ec;
-        if (!home.empty() && std::filesystem::exists(p, ec)) files.push_back(p);
-      }
-      tried += ", publickey with identity files ";
-      if (files.empty()) {
-        tried += "(none found: give one with -i KEY)";
-      } else {
-        for (std::size_t i = 0; i < files.size(); ++i) tried += (i ? ", " : "") + files[i];
+  // Marks the connection ended and fails every queued open with `cause`.
+  void fail_connection(const std::string& cause) {
+    std::lock_guard lock(mu_);
+    closed_ = true;
+    for (auto& c : queue_) {
+      c->status = OpenCmd::Status::failed;
+      c->cause = cause;
+    }
+    queue_.clear();
+    cv_.notify_all();
+  }
+
+  // One round of I/O between a channel and its socketpair; true when the
+  // channel is finished (remote closed and all delivered, stop, error).
+  bool step(Chan& c, char* buf, std::size_t bufsize) {
+    if (c.state->stop) return true;
+    ssh_channel ch = c.ch.get();
+    // channel -> to_sock, stderr -> tail
+    if (!c.out_eof && c.to_sock.size() < kHigh) {
+      for (;;) {
+        const int n = ssh_channel_read_nonblocking(ch, buf, static_cast<uint32_t>(bufsize), 0);
+        if (n > 0) {
+          c.to_sock.append(buf, static_cast<std::size_t>(n));
+          if (c.to_sock.size() >= kHigh) break;
+          continue;
+        }
+        if (n == SSH_EOF) c.out_eof = true;
+        else if (n < 0) c.error = "connection lost: " + ssh_error();
+        break;
       }
     }
-    std::string accepts;
-    for (std::size_t i = 0; i < offered.size(); ++i) accepts += (i ? "," : "") + offered[i];
-    fail("authentication failed for user " + user_ + " (server accepts: " + (accepts.empty() ? "?" : accepts) +
-         "; tried: " + tried + "; dtest does not prompt for passwords or passphrases: use ssh-agent or an "
-         "unencrypted key)");
+    if (!c.err_eof && c.error.empty()) {
+      for (;;) {
+        const int n = ssh_channel_read_nonblocking(ch, buf, static_cast<uint32_t>(bufsize), 1);
+        if (n > 0) {
+          std::lock_guard lock(c.state->mu);
+          c.state->err_tail.append(buf, static_cast<std::size_t>(n));
+          if (c.state->err_tail.size() > 8192) c.state->err_tail.erase(0, c.state->err_tail.size() - 8192);
+          continue;
+        }
+        if (n == SSH_EOF) c.err_eof = true;
+        else if (n < 0) c.error = "connection lost: " + ssh_error();
+        break;
+      }
+    }
+    if (!c.error.empty()) return true;
+    // to_sock -> socketpair
+    while (!c.to_sock.empty()) {
+      const ssize_t w = ::send(c.fd, c.to_sock.data(), c.to_sock.size(), MSG_NOSIGNAL);
+      if (w > 0) {
+        c.to_sock.erase(0, static_cast<std::size_t>(w));
+        continue;
+      }
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+      c.to_sock.clear();  // the gateway's side is gone: drop what is left
+      break;
+    }
+    // The gateway sees EOF once the exit status is in too (or the channel
+    // closed, or 2 s passed), so diagnostics() after EOF can tell how the
+    // agent ended.
+    bool has_exit = false;
+    {
+      std::lock_guard lock(c.state->mu);
+      has_exit = c.state->exit_status.has_value() || !c.state->exit_signal.empty();
+    }
+    if (c.out_eof && !c.out_eof_at) c.out_eof_at = Clock::now();
+    if (c.out_eof && c.to_sock.empty() && !c.sock_shut &&
+        (has_exit || ssh_channel_is_closed(ch) || Clock::now() - *c.out_eof_at > std::chrono::seconds(2))) {
+      ::shutdown(c.fd, SHUT_WR);
+      c.sock_shut = true;
+    }
+    // socketpair -> to_chan
+    while (!c.sock_eof && c.to_chan.size() < kHigh) {
+      const ssize_t n = ::read(c.fd, buf, bufsize);
+      if (n > 0) {
+        c.to_chan.append(buf, static_cast<std::size_t>(n));
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+      c.sock_eof = true;  // EOF or error: the gateway closed its side
+    }
+    // to_chan -> channel, never more than the window (a blocking write
+    // waiting for window space would stop the pump, and the agent may be
+    // blocked writing to us)
+    while (!c.to_chan.empty() && ssh_channel_is_open(ch)) {
+      const uint32_t window = ssh_channel_window_size(ch);
+      if (window == 0) break;
+      const uint32_t len = static_cast<uint32_t>(std::min<std::size_t>({c.to_chan.size(), window, 32768}));
+      const int w = ssh_channel_write(ch, c.to_chan.data(), len);
+      if (w < 0) {
+        c.error = "connection lost while sending: " + ssh_error();
+        return true;
+      }
+      c.to_chan.erase(0, static_cast<std::size_t>(w));
+      if (w == 0) break;
+    }
+    if (!c.to_chan.empty() && !ssh_channel_is_open(ch)) c.to_chan.clear();
+    if (c.sock_eof && c.to_chan.empty() && !c.eof_sent && ssh_channel_is_open(ch)) {
+      ssh_channel_send_eof(ch);
+      c.eof_sent = true;
+    }
+    // Done when the remote closed the channel and everything is delivered.
+    return (ssh_channel_is_closed(ch) || (c.out_eof && c.err_eof && has_exit)) && c.to_sock.empty();
+  }
+
+  // Lets go of a channel: on stop the agent is asked to end (EOF and TERM;
+  // it also ends on EOF alone), the channel is closed, the gateway's
+  // receive() sees EOF and terminate()/wait() return.
+  void finish(Chan& c) {
+    const bool stop = c.state->stop;
+    ssh_channel ch = c.ch.get();
+    if (ch) {
+      if (stop && ssh_is_connected(session_.get()) && ssh_channel_is_open(ch)) {
+        if (!c.eof_sent) ssh_channel_send_eof(ch);
+        ssh_channel_request_send_signal(ch, "TERM");
+      }
+      // libssh may keep a closed channel until the peer's close arrives:
+      // no callback may reach `c` after this.
+      ssh_remove_channel_callbacks(ch, &c.callbacks);
+      c.ch.reset();
+    }
+    if (c.fd >= 0) ::close(c.fd);
+    c.fd = -1;
+    std::lock_guard lock(c.state->mu);
+    if (!c.error.empty() && !stop) c.state->error = c.error;
+    c.state->done = true;
+    c.state->cv.notify_all();
   }
 
   // ---------------------------------------------------------------------
-  // bootstrap
+  // opening a channel (in the pump)
 
-  // Runs `script` under /bin/sh on a fresh channel, feeding `input` (if any)
-  // to its stdin; returns its status and output.
-  CommandResult run(const std::string& script, const std::string& input_file = "") {
+  void open_channel(OpenCmd& cmd) {
+    try {
+      const std::string remote_agent = bootstrap(cmd.agent_path, cmd.explicit_agent);
+      auto c = std::make_unique<Chan>();
+      c->state = std::make_shared<ChanState>();
+      c->ch = new_channel();
+      ssh_callbacks_init(&c->callbacks);
+      c->callbacks.userdata = c->state.get();
+      c->callbacks.channel_exit_status_function = [](ssh_session, ssh_channel, int status, void* st) {
+        auto* state = static_cast<ChanState*>(st);
+        std::lock_guard lock(state->mu);
+        state->exit_status = status;
+      };
+      c->callbacks.channel_exit_signal_function = [](ssh_session, ssh_channel, const char* sig, int, const char*,
+                                                     const char*, void* st) {
+        auto* state = static_cast<ChanState*>(st);
+        std::lock_guard lock(state->mu);
+        state->exit_signal = sig ? sig : "?";
+      };
+      ssh_set_channel_callbacks(c->ch.get(), &c->callbacks);
+      const std::string cmdline = "/bin/sh -c " + shell_quote(cmd.script_prefix + " " + remote_agent);
+      if (ssh_channel_request_exec(c->ch.get(), cmdline.c_str()) != SSH_OK) {
+        ssh_remove_channel_callbacks(c->ch.get(), &c->callbacks);
+        throw Cause("remote exec failed (" + cmdline + "): " + ssh_error());
+      }
+      int sv[2];
+      if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+        ssh_remove_channel_callbacks(c->ch.get(), &c->callbacks);
+        throw Cause(std::string("socketpair: ") + std::strerror(errno));
+      }
+      set_nonblocking(sv[1], true);
+      c->fd = sv[1];
+      std::lock_guard lock(mu_);
+      cmd.status = OpenCmd::Status::ok;
+      cmd.fd = sv[0];
+      cmd.state = c->state;
+      chans_.push_back(std::move(c));
+    } catch (const Refused& e) {
+      std::lock_guard lock(mu_);
+      cmd.status = chans_.empty() ? OpenCmd::Status::failed : OpenCmd::Status::refused;
+      cmd.cause = e.what();
+    } catch (const std::exception& e) {
+      std::lock_guard lock(mu_);
+      cmd.status = OpenCmd::Status::failed;
+      cmd.cause = e.what();
+    }
+  }
+
+  ChannelPtr new_channel() {
     ssh_session s = session_.get();
     ChannelPtr ch(ssh_channel_new(s));
-    if (!ch) fail("cannot create a channel: " + ssh_error());
-    if (ssh_channel_open_session(ch.get()) != SSH_OK) fail("cannot open a channel: " + ssh_error());
+    if (!ch) throw Cause("cannot create a channel: " + ssh_error());
+    if (ssh_channel_open_session(ch.get()) != SSH_OK) {
+      if (ssh_is_connected(s))
+        throw Refused("the server refused to open a session (sshd's MaxSessions?): " + ssh_error());
+      throw Cause("cannot open a channel: " + ssh_error());
+    }
+    return ch;
+  }
+
+  // Runs `script` under /bin/sh on a fresh channel, feeding `input_file`
+  // (if any) to its stdin; returns its status and output.
+  CommandResult run(const std::string& script, const std::string& input_file = "") {
+    ChannelPtr ch = new_channel();
     const std::string cmd = "/bin/sh -c " + shell_quote(script);
     if (ssh_channel_request_exec(ch.get(), cmd.c_str()) != SSH_OK)
-      fail("remote exec failed (" + cmd + "): " + ssh_error());
+      throw Cause("remote exec failed (" + cmd + "): " + ssh_error());
     if (!input_file.empty()) {
       std::ifstream in(input_file, std::ios::binary);
-      if (!in) fail("cannot read " + input_file);
+      if (!in) throw Cause("cannot read " + input_file);
       std::vector<char> buf(1 << 16);
       bool write_failed = false;
       while (in && !write_failed) {
@@ -667,45 +748,409 @@ class SshGateway final : public Gateway {
     return r;
   }
 
-  // Makes sure the remote has the agent; returns the remote shell expression
-  // of its path.
-  std::string bootstrap() {
-    const std::string hash = ssh_detail::file_hash(agent_path_);
+  // Makes sure the remote has the agent (once per connection and agent);
+  // returns the remote shell expression of its path.
+  std::string bootstrap(const std::string& agent_path, bool explicit_agent) {
+    const std::string hash = ssh_detail::file_hash(agent_path);
     const std::string rel = ".cache/dtest/agent-" + hash;
     const std::string path = "\"$HOME\"/" + rel;
-    const CommandResult probe = run("uname -sm; if [ -x " + path + " ]; then echo present; else echo missing; fi");
-    if (probe.status != 0)
-      fail("the bootstrap probe failed on the remote (" + std::to_string(probe.status) + "): " + probe.err);
-    const auto nl = probe.out.find('\n');
-    const std::string remote_uname = probe.out.substr(0, nl);
-    const bool present = probe.out.find("\npresent") != std::string::npos;
-    {
-      std::lock_guard lock(mu_);
-      remote_uname_ = remote_uname;
+    auto it = boots_.find(hash);
+    if (it == boots_.end()) {
+      const CommandResult probe =
+          run("uname -sm; if [ -x " + path + " ]; then echo present; else echo missing; fi");
+      if (probe.status != 0)
+        throw Cause("the bootstrap probe failed on the remote (" + std::to_string(probe.status) + "): " + probe.err);
+      Boot b;
+      b.uname = probe.out.substr(0, probe.out.find('\n'));
+      b.present = probe.out.find("\npresent") != std::string::npos;
+      it = boots_.emplace(hash, b).first;
     }
-    if (!explicit_agent_ && remote_uname != local_uname())
-      fail("the remote is " + remote_uname + " but the local dtest-agent (" + agent_path_ + ") is built for " +
-           local_uname() + "; give a dtest-agent built for " + remote_uname +
-           " with the agent=PATH key (e.g. --tx 'ssh=HOST//agent=/path/to/dtest-agent-" + remote_uname + "')");
-    if (present) return path;
+    const std::string& remote_uname = it->second.uname;
+    if (!explicit_agent && remote_uname != local_uname())
+      throw Cause("the remote is " + remote_uname + " but the local dtest-agent (" + agent_path +
+                  ") is built for " + local_uname() + "; give a dtest-agent built for " + remote_uname +
+                  " with the agent=PATH key (e.g. --tx 'ssh=HOST//agent=/path/to/dtest-agent-" + remote_uname +
+                  "')");
+    if (it->second.present) return path;
     std::error_code ec;
-    const auto size = std::filesystem::file_size(agent_path_, ec);
-    if (ec) fail("cannot read agent " + agent_path_ + ": " + ec.message());
+    const auto size = std::filesystem::file_size(agent_path, ec);
+    if (ec) throw Cause("cannot read agent " + agent_path + ": " + ec.message());
     const std::string upload =
         "set -e; mkdir -p \"$HOME\"/.cache/dtest; t=\"$HOME\"/" + rel + ".tmp.$$; "
         "trap 'rm -f \"$t\"' EXIT; cat > \"$t\"; "
         "n=$(wc -c < \"$t\"); if [ \"$n\" -ne " + std::to_string(size) + " ]; then "
         "echo \"upload truncated: $n of " + std::to_string(size) + " bytes\" >&2; exit 1; fi; "
         "chmod 755 \"$t\"; mv -f \"$t\" " + path + "; trap - EXIT";
-    const CommandResult up = run(upload, agent_path_);
+    const CommandResult up = run(upload, agent_path);
     if (up.status != 0)
-      fail("uploading the agent to ~/" + rel + " failed (exit status " + std::to_string(up.status) + "): " +
-           up.err);
+      throw Cause("uploading the agent to ~/" + rel + " failed (exit status " + std::to_string(up.status) +
+                  "): " + up.err);
+    it->second.present = true;
     return path;
   }
 
-  void start_agent(const std::string& remote_agent, const std::optional<std::string>& chdir, int nice_value,
-                   const std::map<std::string, std::string>& env) {
+  // ---------------------------------------------------------------------
+  // connection (in the pump)
+
+  void establish() {
+    ssh_session s = session_.get();
+    if (ssh_connect(s) != SSH_OK) {
+      const std::string e = ssh_error();
+      std::string cause;
+      if (e.find("resolve") != std::string::npos) cause = "name resolution failed: ";
+      else if (e.find("refused") != std::string::npos) cause = "connection refused: ";
+      else if (e.find("imeout") != std::string::npos || e.find("timed out") != std::string::npos)
+        cause = "connection timed out: ";
+      else if (e.find("disconnected") != std::string::npos)
+        cause = "cannot connect (network unreachable, or the server closed the connection at once): ";
+      else cause = "cannot connect: ";
+      throw Cause(cause + e);
+    }
+    detect_dead_links(ssh_get_fd(s));
+    verify_host_key();
+    authenticate();
+  }
+
+  // A cut link sends no RST: without this a read would wait for ever. TCP
+  // keepalive probes an idle connection (5 s, then every 2 s, 3 misses) and
+  // TCP_USER_TIMEOUT bounds unacknowledged data, so a dead link surfaces as
+  // a socket error within about 15 s and the gateways' tests are requeued.
+  static void detect_dead_links(int fd) {
+    if (fd < 0) return;
+    const int on = 1, idle = 5, interval = 2, count = 3;
+    const unsigned user_timeout_ms = 15000;
+    ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof user_timeout_ms);
+  }
+
+  void verify_host_key() {
+    ssh_session s = session_.get();
+    ssh_key raw = nullptr;
+    if (ssh_get_server_publickey(s, &raw) != SSH_OK) throw Cause("no host key from the server: " + ssh_error());
+    std::unique_ptr<std::remove_pointer_t<ssh_key>, KeyDeleter> key(raw);
+    std::string fingerprint = "?";
+    unsigned char* hash = nullptr;
+    size_t hlen = 0;
+    if (ssh_get_publickey_hash(key.get(), SSH_PUBLICKEY_HASH_SHA256, &hash, &hlen) == 0) {
+      if (char* fp = ssh_get_fingerprint_hash(SSH_PUBLICKEY_HASH_SHA256, hash, hlen)) {
+        fingerprint = fp;
+        ssh_string_free_char(fp);
+      }
+      ssh_clean_pubkey_hash(&hash);
+    }
+    const char* type = ssh_key_type_to_char(ssh_key_type(key.get()));
+    const std::string shown = std::string(type ? type : "?") + " key " + fingerprint;
+    std::string kh_file = "~/.ssh/known_hosts";
+    char* v = nullptr;
+    if (ssh_options_get(s, SSH_OPTIONS_KNOWNHOSTS, &v) == SSH_OK && v) {
+      kh_file = v;
+      ssh_string_free_char(v);
+    }
+    const std::string entry = port_ == 22 ? host_ : "[" + host_ + "]:" + std::to_string(port_);
+    switch (ssh_session_is_known_server(s)) {
+      case SSH_KNOWN_HOSTS_OK:
+        return;
+      case SSH_KNOWN_HOSTS_CHANGED:
+        throw Cause("HOST KEY CHANGED: " + entry + " now presents " + shown + ", which does not match its entry in " +
+             kh_file + ". Someone may be intercepting the connection, or the host key was replaced. Refusing "
+             "to connect. If the change is expected, remove the old entry (ssh-keygen -R '" + entry + "' -f " +
+             kh_file + ") and connect again.");
+      case SSH_KNOWN_HOSTS_OTHER:
+        throw Cause("HOST KEY CHANGED: " + entry + " presents " + shown + " but " + kh_file +
+             " lists a key of another type for it. Refusing to connect. If the change is expected, remove "
+             "the old entry (ssh-keygen -R '" + entry + "' -f " + kh_file + ") and connect again.");
+      case SSH_KNOWN_HOSTS_NOT_FOUND:
+      case SSH_KNOWN_HOSTS_UNKNOWN:
+        if (accept_new_) {
+          if (ssh_session_update_known_hosts(s) != SSH_OK)
+            throw Cause("cannot add " + entry + " to " + kh_file + ": " + ssh_error());
+          return;
+        }
+        throw Cause("unknown host: " + entry + " presents " + shown + ", and it is not in " + kh_file +
+             ". Refusing to connect. To accept it, check the fingerprint and either connect once with "
+             "ssh (ssh " + (port_ != 22 ? "-p " + std::to_string(port_) + " " : std::string()) + user_ + "@" +
+             host_ + "), or set DTEST_SSH_ACCEPT_NEW=1 (like StrictHostKeyChecking=accept-new) to add it to " +
+             kh_file + " on first use.");
+      case SSH_KNOWN_HOSTS_ERROR:
+      default:
+        throw Cause("cannot check the host key against " + kh_file + ": " + ssh_error());
+    }
+  }
+
+  void authenticate() {
+    ssh_session s = session_.get();
+    int rc = ssh_userauth_none(s, nullptr);
+    if (rc == SSH_AUTH_SUCCESS) return;
+    if (rc == SSH_AUTH_ERROR) throw Cause("authentication failed: " + ssh_error());
+    const int methods = ssh_userauth_list(s, nullptr);
+    std::vector<std::string> offered;
+    if (methods & SSH_AUTH_METHOD_PUBLICKEY) offered.push_back("publickey");
+    if (methods & SSH_AUTH_METHOD_PASSWORD) offered.push_back("password");
+    if (methods & SSH_AUTH_METHOD_INTERACTIVE) offered.push_back("keyboard-interactive");
+    if (methods & SSH_AUTH_METHOD_GSSAPI_MIC) offered.push_back("gssapi-with-mic");
+    if (methods & SSH_AUTH_METHOD_HOSTBASED) offered.push_back("hostbased");
+    std::string tried = "none";
+    if (methods & SSH_AUTH_METHOD_PUBLICKEY) {
+      rc = ssh_userauth_publickey_auto(s, nullptr, nullptr);
+      if (rc == SSH_AUTH_SUCCESS) return;
+      if (rc == SSH_AUTH_ERROR) throw Cause("authentication failed for user " + user_ + ": " + ssh_error());
+      const char* sock = std::getenv("SSH_AUTH_SOCK");
+      tried += ", publickey with ssh-agent (";
+      tried += sock && *sock ? std::string("SSH_AUTH_SOCK=") + sock : std::string("not running: SSH_AUTH_SOCK unset");
+      tried += ")";
+      std::vector<std::string> files;
+      for (const auto& id : target_.identities) files.push_back(id + " (-i)");
+      std::string home;
+      if (const passwd* pw = ::getpwuid(::getuid()); pw && pw->pw_dir) home = pw->pw_dir;
+      for (const char* name : {"id_ed25519", "id_ecdsa", "id_rsa"}) {
+        const std::string p = home + "/.ssh/" + name;
+        std::error_code ec;
+        if (!home.empty() && std::filesystem::exists(p, ec)) files.push_back(p);
+      }
+      tried += ", publickey with identity files ";
+      if (files.empty()) {
+        tried += "(none found: give one with -i KEY)";
+      } else {
+        for (std::size_t i = 0; i < files.size(); ++i) tried += (i ? ", " : "") + files[i];
+      }
+    }
+    std::string accepts;
+    for (std::size_t i = 0; i < offered.size(); ++i) accepts += (i ? "," : "") + offered[i];
+    throw Cause("authentication failed for user " + user_ + " (server accepts: " +
+                (accepts.empty() ? "?" : accepts) + "; tried: " + tried +
+                "; dtest does not prompt for passwords or passphrases: use ssh-agent or an unencrypted key)");
+  }
+
+
+  struct Boot {
+    std::string uname;
+    bool present = false;
+  };
+
+  // Touched only by the pump thread (and before it starts).
+  SessionPtr session_;
+  const ssh_detail::Target target_;
+  const std::string host_, user_, where_;
+  const unsigned port_;
+  const bool accept_new_;
+  std::vector<std::unique_ptr<Chan>> chans_;
+  std::map<std::string, Boot> boots_;  // by agent hash
+  std::thread thread_;
+  int wake_fd_ = -1;
+
+  std::mutex mu_;  // guards what follows
+  std::condition_variable cv_;  // an open was answered
+  std::deque<std::shared_ptr<OpenCmd>> queue_;
+  bool closed_ = false;    // ended (or failed): no more opens
+  bool full_ = false;      // the server refused a session: opens go to another connection
+  bool shutdown_ = false;  // the last owner is gone
+};
+
+// The process-wide registry of shared connections. Entries are weak: the
+// gateways own their connection; a connection whose last channel is gone
+// ends by itself and stays in the list (closed) until it is swept.
+std::mutex& registry_mu() {
+  static auto* mu = new std::mutex;
+  return *mu;
+}
+std::map<std::string, std::vector<std::weak_ptr<Connection>>>& registry() {
+  static auto* m = new std::map<std::string, std::vector<std::weak_ptr<Connection>>>;
+  return *m;
+}
+
+// Queues `cmd` on a live connection for `p.key`, or on a new one (which
+// takes over `p.session` and starts connecting).
+std::shared_ptr<Connection> submit_open(Prepared& p, const ssh_detail::Target& target,
+                                        const std::shared_ptr<OpenCmd>& cmd) {
+  std::vector<std::shared_ptr<Connection>> drop;  // released after the lock
+  std::shared_ptr<Connection> conn;
+  {
+    std::lock_guard lock(registry_mu());
+    auto& list = registry()[p.key];
+    for (auto it = list.begin(); it != list.end();) {
+      auto c = it->lock();
+      if (!c || !c->usable()) {
+        if (c) drop.push_back(std::move(c));
+        it = list.erase(it);
+        continue;
+      }
+      if (c->try_submit(cmd)) {
+        conn = std::move(c);
+        break;
+      }
+      drop.push_back(std::move(c));
+      ++it;
+    }
+    if (!conn) {
+      conn = std::make_shared<Connection>(p, target);
+      conn->try_submit(cmd);
+      conn->start();
+      list.push_back(conn);
+    }
+  }
+  return conn;
+}
+
+class SshGateway final : public Gateway {
+ public:
+  SshGateway(const xspec::Spec& spec, const OpenOptions& opts) : spec_(spec.original) {
+    try {
+      target_ = ssh_detail::parse_target(spec.get("ssh").value_or(""));
+    } catch (const GatewayError& e) {
+      throw GatewayError("ssh gateway '" + spec_ + "': " + e.what());
+    }
+    if (auto cfg = spec.get("ssh_config"); cfg && target_.config_file.empty()) target_.config_file = *cfg;
+    where_ = target_.host;
+
+    const bool explicit_agent = spec.get("agent").has_value();
+    const std::string agent_path = spec.get("agent").value_or(opts.default_agent);
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(agent_path, ec))
+      fail("agent not found: " + agent_path + " (set the agent= key to a dtest-agent for the remote host)");
+    int nice_value = 0;
+    if (auto n = spec.get("nice")) {
+      try {
+        nice_value = std::stoi(*n);
+      } catch (const std::exception&) {
+        fail("bad nice value '" + *n + "'");
+      }
+    }
+    auto env = spec.env();
+    if (auto py = spec.get("python")) env["DTEST_PYTHON"] = *py;
+    for (const auto& [k, v] : env)
+      if (!valid_env_name(k)) fail("bad environment variable name '" + k + "'");
+    const std::string script = agent_script(spec.get("chdir"), nice_value, env);
+
+    // A refusal (the connection has as many sessions as the server allows)
+    // moves on to another connection; a fresh connection that refuses fails.
+    for (int attempt = 0;; ++attempt) {
+      Prepared p = prepare();
+      auto cmd = std::make_shared<OpenCmd>();
+      cmd->agent_path = agent_path;
+      cmd->explicit_agent = explicit_agent;
+      cmd->script_prefix = script;
+      auto conn = submit_open(p, target_, cmd);
+      conn->wait_answer(cmd);
+      if (cmd->status == OpenCmd::Status::ok) {
+        conn_ = std::move(conn);
+        sock_ = cmd->fd;
+        state_ = cmd->state;
+        return;
+      }
+      if (cmd->status != OpenCmd::Status::refused || attempt >= 63) fail(cmd->cause);
+    }
+  }
+
+  ~SshGateway() override {
+    terminate();
+    if (sock_ >= 0) ::close(sock_);
+    conn_.reset();  // the last gateway of a connection joins its pump
+  }
+
+  void send(const Frame& f) override {
+    if (closed_) fail("already closed");
+    try {
+      write_all(sock_, encode_frame(f));
+    } catch (const std::system_error& e) {
+      fail(std::string("the connection to the agent is gone (") + e.what() + ")" + exit_note());
+    }
+  }
+
+  std::optional<Frame> receive() override {
+    char buf[65536];
+    for (;;) {
+      if (auto f = decoder_.pop()) return f;
+      ssize_t n = 0;
+      try {
+        n = read_some(sock_, buf, sizeof buf);
+      } catch (const std::system_error& e) {
+        fail(std::string("read: ") + e.what());
+      }
+      if (n == 0) {
+        {
+          std::lock_guard lock(state_->mu);
+          if (state_->done && !state_->error.empty()) fail(state_->error);
+        }
+        if (decoder_.buffered() > 0) throw ProtocolError("agent output ended inside a frame");
+        return std::nullopt;
+      }
+      if (n > 0) decoder_.feed(std::string_view(buf, static_cast<std::size_t>(n)));
+    }
+  }
+
+  // The agent sees EOF on its stdin once the pump has written everything
+  // before it; only this gateway's channel is affected.
+  void close() override {
+    if (!closed_.exchange(true) && sock_ >= 0) ::shutdown(sock_, SHUT_WR);
+  }
+
+  void terminate() override {
+    close();
+    std::lock_guard lock(terminate_mu_);
+    if (!state_ || terminated_) return;
+    state_->stop = true;
+    conn_->wake();
+    std::unique_lock l(state_->mu);
+    state_->cv.wait(l, [&] { return state_->done; });
+    terminated_ = true;
+  }
+
+  std::string wait(double timeout_s) override {
+    close();
+    std::unique_lock lock(state_->mu);
+    const bool ended = state_->cv.wait_for(
+        lock, std::chrono::milliseconds(static_cast<long>(timeout_s * 1000)), [&] { return state_->done; });
+    std::string how;
+    if (!ended) how = "killed after " + std::to_string(timeout_s) + " s";
+    else if (state_->exit_status) how = describe_exit(*state_->exit_status);
+    else if (!state_->exit_signal.empty()) how = "signal " + state_->exit_signal;
+    else how = state_->error.empty() ? "connection closed" : state_->error;
+    lock.unlock();
+    terminate();
+    return how;
+  }
+
+  std::string diagnostics() override {
+    std::lock_guard lock(state_->mu);
+    std::string d = state_->err_tail;
+    if (state_->exit_status && *state_->exit_status != 0) {
+      if (!d.empty() && d.back() != '\n') d += '\n';
+      d += "[ssh " + where_ + "] the remote agent command ended with " + describe_exit(*state_->exit_status) + "\n";
+    } else if (!state_->exit_signal.empty()) {
+      if (!d.empty() && d.back() != '\n') d += '\n';
+      d += "[ssh " + where_ + "] the remote agent was killed by signal " + state_->exit_signal + "\n";
+    }
+    if (!state_->error.empty()) {
+      if (!d.empty() && d.back() != '\n') d += '\n';
+      d += "[ssh " + where_ + "] " + state_->error + "\n";
+    }
+    return d;
+  }
+
+ private:
+  static std::string describe_exit(int status) {
+    std::string s = "exit status " + std::to_string(status);
+    if (status == 127) s += " (command not found)";
+    if (status == 126) s += " (not executable)";
+    return s;
+  }
+
+  [[noreturn]] void fail(const std::string& cause) const {
+    throw GatewayError("ssh gateway '" + spec_ + "' (" + where_ + "): " + cause);
+  }
+
+  std::string exit_note() {
+    std::lock_guard lock(state_->mu);
+    if (state_->exit_status) return "; remote agent ended with " + describe_exit(*state_->exit_status);
+    return "";
+  }
+
+  // The agent's command line up to (not including) the agent's path.
+  static std::string agent_script(const std::optional<std::string>& chdir, int nice_value,
+                                  const std::map<std::string, std::string>& env) {
     std::string dir;
     if (chdir) {
       dir = remote_path_expr(*chdir);
@@ -720,219 +1165,106 @@ class SshGateway final : public Gateway {
       for (const auto& [k, v] : env) script += " " + shell_quote(k + "=" + v);
     }
     if (nice_value != 0) script += " nice -n " + std::to_string(nice_value);
-    script += " " + remote_agent;
-    ssh_session s = session_.get();
-    channel_.reset(ssh_channel_new(s));
-    if (!channel_) fail("cannot create a channel: " + ssh_error());
-    if (ssh_channel_open_session(channel_.get()) != SSH_OK) fail("cannot open a channel: " + ssh_error());
-    ssh_callbacks_init(&callbacks_);
-    callbacks_.userdata = this;
-    callbacks_.channel_exit_status_function = [](ssh_session, ssh_channel, int status, void* self) {
-      auto* g = static_cast<SshGateway*>(self);
-      std::lock_guard lock(g->mu_);
-      g->exit_status_ = status;
-    };
-    callbacks_.channel_exit_signal_function = [](ssh_session, ssh_channel, const char* sig, int, const char*,
-                                                 const char*, void* self) {
-      auto* g = static_cast<SshGateway*>(self);
-      std::lock_guard lock(g->mu_);
-      g->exit_signal_ = sig ? sig : "?";
-    };
-    ssh_set_channel_callbacks(channel_.get(), &callbacks_);
-    const std::string cmd = "/bin/sh -c " + shell_quote(script);
-    if (ssh_channel_request_exec(channel_.get(), cmd.c_str()) != SSH_OK)
-      fail("remote exec failed (" + cmd + "): " + ssh_error());
+    return script;
   }
 
-  // ---------------------------------------------------------------------
-  // pump: channel <-> socketpair
-
-  void start_pump() {
-    int sv[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-      fail(std::string("socketpair: ") + std::strerror(errno));
-    if (::pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) {
-      ::close(sv[0]);
-      ::close(sv[1]);
-      fail(std::string("pipe: ") + std::strerror(errno));
+  // A session with the options applied (config file, then the xspec's
+  // explicit values), not connected; and the key of the connections it may
+  // share: everything that decides where it goes and how it authenticates.
+  Prepared prepare() {
+    Prepared p;
+    p.session.reset(ssh_new());
+    if (!p.session) fail("ssh_new failed (out of memory?)");
+    ssh_session s = p.session.get();
+    auto err = [&] { return std::string(ssh_get_error(s)); };
+    int verbosity = SSH_LOG_NOLOG;
+    if (const char* v = std::getenv("DTEST_SSH_DEBUG"); v && *v) verbosity = std::atoi(v);
+    ssh_options_set(s, SSH_OPTIONS_LOG_VERBOSITY, &verbosity);
+    if (ssh_options_set(s, SSH_OPTIONS_HOST, target_.host.c_str()) != 0) fail("bad host: " + err());
+    long timeout = 30;
+    ssh_options_set(s, SSH_OPTIONS_TIMEOUT, &timeout);
+    // The config may rewrite the host (HostName), port, user, identities,
+    // known hosts; what the xspec says explicitly is applied afterwards and
+    // wins, as on OpenSSH's command line.
+    if (!target_.config_file.empty()) {
+      std::error_code ec;
+      if (!std::filesystem::exists(target_.config_file, ec)) fail("ssh config file not found: " + target_.config_file);
+      if (ssh_options_parse_config(s, target_.config_file.c_str()) != 0)
+        fail("cannot parse ssh config " + target_.config_file + ": " + err());
+    } else if (ssh_options_parse_config(s, nullptr) != 0) {
+      fail("cannot parse ~/.ssh/config or /etc/ssh/ssh_config: " + err());
     }
-    sock_ = sv[0];
-    set_nonblocking(sv[1], true);
-    pump_ = std::thread([this, fd = sv[1]] { pump(fd); });
-  }
-
-  void wake() {
-    const char c = 1;
-    [[maybe_unused]] ssize_t n = ::write(wake_[1], &c, 1);
-  }
-
-  void append_stderr(const char* p, std::size_t n) {
-    std::lock_guard lock(mu_);
-    err_tail_.append(p, n);
-    if (err_tail_.size() > 8192) err_tail_.erase(0, err_tail_.size() - 8192);
-  }
-
-  void pump(int fd) {
-    static constexpr std::size_t kHigh = 1 << 20;
-    ssh_session s = session_.get();
-    ssh_channel ch = channel_.get();
-    std::string to_chan, to_sock;
-    bool sock_eof = false, eof_sent = false, out_eof = false, err_eof = false, sock_shut = false;
-    std::string error;
-    char buf[65536];
-    // After the channel's EOF nothing reads the channel any more, but the
-    // exit status and the close still have to be taken off the socket.
-    ssh_event event = ssh_event_new();
-    if (event) ssh_event_add_session(event, s);
-    while (!stop_) {
-      // channel -> to_sock, stderr -> tail
-      if (!out_eof && to_sock.size() < kHigh) {
-        for (;;) {
-          const int n = ssh_channel_read_nonblocking(ch, buf, sizeof buf, 0);
-          if (n > 0) {
-            to_sock.append(buf, static_cast<std::size_t>(n));
-            if (to_sock.size() >= kHigh) break;
-            continue;
-          }
-          if (n == SSH_EOF) out_eof = true;
-          else if (n < 0) error = "connection lost: " + ssh_error();
-          break;
-        }
-      }
-      if (!err_eof && error.empty()) {
-        for (;;) {
-          const int n = ssh_channel_read_nonblocking(ch, buf, sizeof buf, 1);
-          if (n > 0) {
-            append_stderr(buf, static_cast<std::size_t>(n));
-            continue;
-          }
-          if (n == SSH_EOF) err_eof = true;
-          else if (n < 0) error = "connection lost: " + ssh_error();
-          break;
-        }
-      }
-      if (!error.empty()) break;
-      // to_sock -> socketpair
-      while (!to_sock.empty()) {
-        const ssize_t w = ::send(fd, to_sock.data(), to_sock.size(), MSG_NOSIGNAL);
-        if (w > 0) {
-          to_sock.erase(0, static_cast<std::size_t>(w));
-          continue;
-        }
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-        to_sock.clear();  // the gateway's side is gone: drop what is left
-        break;
-      }
-      if (out_eof && to_sock.empty() && !sock_shut) {
-        ::shutdown(fd, SHUT_WR);
-        sock_shut = true;
-      }
-      // socketpair -> to_chan
-      while (!sock_eof && to_chan.size() < kHigh) {
-        const ssize_t n = ::read(fd, buf, sizeof buf);
-        if (n > 0) {
-          to_chan.append(buf, static_cast<std::size_t>(n));
-          continue;
-        }
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-        sock_eof = true;  // EOF or error: the master closed its side
-      }
-      // to_chan -> channel, never more than the window (a blocking write
-      // waiting for window space would stop us reading, and the agent may be
-      // blocked writing to us)
-      while (!to_chan.empty() && ssh_channel_is_open(ch)) {
-        const uint32_t window = ssh_channel_window_size(ch);
-        if (window == 0) break;
-        const uint32_t len = static_cast<uint32_t>(std::min<std::size_t>({to_chan.size(), window, 32768}));
-        const int w = ssh_channel_write(ch, to_chan.data(), len);
-        if (w < 0) {
-          error = "connection lost while sending: " + ssh_error();
-          break;
-        }
-        to_chan.erase(0, static_cast<std::size_t>(w));
-        if (w == 0) break;
-      }
-      if (!error.empty()) break;
-      if (!to_chan.empty() && !ssh_channel_is_open(ch)) to_chan.clear();
-      if (sock_eof && to_chan.empty() && !eof_sent && ssh_channel_is_open(ch)) {
-        ssh_channel_send_eof(ch);
-        eof_sent = true;
-      }
-      // Done when the remote closed the channel and everything is delivered.
-      if ((ssh_channel_is_closed(ch) || (out_eof && err_eof && has_exit())) && to_sock.empty()) break;
-      if (!ssh_is_connected(s)) {
-        error = "connection lost: " + ssh_error();
-        break;
-      }
-
-      pollfd pfds[3];
-      nfds_t n = 0;
-      pfds[n++] = {wake_[0], POLLIN, 0};
-      short sock_events = 0;
-      if (!sock_eof && to_chan.size() < kHigh) sock_events |= POLLIN;
-      if (!to_sock.empty()) sock_events |= POLLOUT;
-      if (sock_events) pfds[n++] = {fd, sock_events, 0};
-      if (to_sock.size() < kHigh) pfds[n++] = {ssh_get_fd(s), POLLIN, 0};
-      ::poll(pfds, n, 200);
-      if (out_eof && err_eof && event) ssh_event_dopoll(event, 0);
-      if (pfds[0].revents & POLLIN) {
-        char drain[64];
-        while (::read(wake_[0], drain, sizeof drain) > 0) {
-        }
-      }
+    bool no = false;
+    ssh_options_set(s, SSH_OPTIONS_PROCESS_CONFIG, &no);
+    if (target_.port) {
+      unsigned port = static_cast<unsigned>(*target_.port);
+      ssh_options_set(s, SSH_OPTIONS_PORT, &port);
     }
-    // Tear down. On stop, ask the agent to stop (it also stops on EOF), then
-    // close the channel and the connection.
-    if (stop_ && ssh_channel_is_open(ch)) {
-      if (!eof_sent) ssh_channel_send_eof(ch);
-      ssh_channel_request_send_signal(ch, "TERM");
+    if (!target_.user.empty()) ssh_options_set(s, SSH_OPTIONS_USER, target_.user.c_str());
+    for (const auto& id : target_.identities) {
+      std::error_code ec;
+      if (!std::filesystem::exists(id, ec)) fail("identity file not found: " + id);
+      ssh_options_set(s, SSH_OPTIONS_ADD_IDENTITY, id.c_str());
     }
-    if (event) {
-      ssh_event_remove_session(event, s);
-      ssh_event_free(event);
+    std::string kh = target_.known_hosts;
+    if (kh.empty())
+      if (const char* e = std::getenv("DTEST_SSH_KNOWN_HOSTS"); e && *e) kh = e;
+    if (!kh.empty()) ssh_options_set(s, SSH_OPTIONS_KNOWNHOSTS, kh.c_str());
+    if (target_.connect_timeout) {
+      long t = *target_.connect_timeout;
+      ssh_options_set(s, SSH_OPTIONS_TIMEOUT, &t);
     }
-    channel_.reset();
-    session_.reset();
-    ::close(fd);  // receive() sees EOF
-    std::lock_guard lock(mu_);
-    if (!error.empty() && !stop_) pump_error_ = error;
-    pump_done_ = true;
-    done_cv_.notify_all();
-  }
+    const char* an = std::getenv("DTEST_SSH_ACCEPT_NEW");
+    p.accept_new = target_.strict_host_key_checking == "accept-new" || target_.strict_host_key_checking == "no" ||
+                   (an && std::string(an) == "1");
 
-  bool has_exit() {
-    std::lock_guard lock(mu_);
-    return exit_status_.has_value() || !exit_signal_.empty();
+    // Names for messages: what libssh will actually use.
+    char* v = nullptr;
+    if (ssh_options_get(s, SSH_OPTIONS_HOST, &v) == SSH_OK && v) {
+      p.host = v;
+      ssh_string_free_char(v);
+    } else {
+      p.host = target_.host;
+    }
+    v = nullptr;
+    if (ssh_options_get(s, SSH_OPTIONS_USER, &v) == SSH_OK && v) {
+      p.user = v;
+      ssh_string_free_char(v);
+    } else {
+      p.user = local_user();
+    }
+    std::string kh_in_effect = kh;
+    v = nullptr;
+    if (ssh_options_get(s, SSH_OPTIONS_KNOWNHOSTS, &v) == SSH_OK && v) {
+      kh_in_effect = v;
+      ssh_string_free_char(v);
+    }
+    unsigned port = 22;
+    ssh_options_get_port(s, &port);
+    p.port = port;
+    p.where = p.user + "@" + p.host + (p.port != 22 ? ":" + std::to_string(p.port) : "");
+    where_ = p.where;
+    // The name as written is part of the key: a config file may give two
+    // aliases of one host different identities or options.
+    std::string ids;
+    for (const auto& id : target_.identities) ids += id + '\x1e';
+    const std::string parts[] = {p.user, p.host, std::to_string(p.port), target_.host, target_.config_file, ids,
+                                 kh_in_effect, p.accept_new ? "accept-new" : "strict",
+                                 std::to_string(target_.connect_timeout.value_or(0))};
+    for (const auto& part : parts) p.key += part + '\x1f';
+    return p;
   }
 
   std::string spec_;
   ssh_detail::Target target_;
-  std::string where_, host_, user_;
-  unsigned port_ = 22;
-  bool explicit_agent_ = false;
-  std::string agent_path_;
-  SessionPtr session_;
-  ChannelPtr channel_;
-  ssh_channel_callbacks_struct callbacks_{};
-
+  std::string where_;
+  std::shared_ptr<Connection> conn_;
+  std::shared_ptr<ChanState> state_;
   int sock_ = -1;
-  int wake_[2] = {-1, -1};
   std::atomic<bool> closed_{false};
-  std::atomic<bool> stop_{false};
-  std::thread pump_;
   std::mutex terminate_mu_;
+  bool terminated_ = false;
   FrameDecoder decoder_;
-
-  std::mutex mu_;  // guards what follows
-  std::condition_variable done_cv_;
-  bool pump_done_ = false;
-  std::optional<int> exit_status_;
-  std::string exit_signal_;
-  std::string err_tail_;
-  std::string pump_error_;
-  std::string remote_uname_;
 };
 
 }  // namespace

@@ -1,12 +1,15 @@
-// ssh gateway: dtest-agent on a remote host over one libssh connection.
+// ssh gateway: dtest-agent on a remote host over a libssh connection shared
+// by every gateway to the same host (like OpenSSH's ControlMaster).
 //
-// Opening one: connect, check the host key against known_hosts, authenticate
-// (ssh-agent, then identity files), make sure the remote has this build's
-// agent (by content hash, uploaded over the same connection when missing),
-// then run it on a channel whose stdin/stdout carry the frames. A pump
-// thread owns the libssh session (libssh is not thread-safe) and shuttles
-// bytes between the channel and a local socketpair, so send()/receive() work
-// on a plain fd as the popen gateway does. See docs/ssh.md.
+// The first gateway to a connection (same resolved user, host, port,
+// identities, config, known hosts) connects, checks the host key,
+// authenticates (ssh-agent, then identity files) and makes sure the remote
+// has this build's agent (by content hash, uploaded when missing); every
+// gateway then runs its agent on a channel of its own whose stdin/stdout
+// carry the frames. One pump thread per connection owns the libssh session
+// (libssh is not thread-safe) and shuttles bytes between each channel and
+// its gateway's socketpair, so send()/receive() work on a plain fd as the
+// popen gateway does. See docs/ssh.md.
 #pragma once
 
 #include <memory>

@@ -33,7 +33,8 @@ mkdir -p "$WORK/home"
 HOME=$WORK/home DTEST_SSH_KNOWN_HOSTS=$WORK/h/known_hosts "$DTEST" -v \
   --tx "2*ssh=-i $WORK/h/id_ed25519 -p $port root@127.0.0.1" "$WORK/slow_test" > "$WORK/out" 2>&1 &
 pid=$!
-( sleep 60; kill -9 "$pid" 2>/dev/null ) &
+# The watchdog must not hold our stdout (ctest waits for it to close).
+( sleep 60; kill -9 "$pid" ) > /dev/null 2>&1 &
 watchdog=$!
 
 remote() { pgrep -f "$WORK/(h/remote-home/.cache/dtest/agent-|slow_test)" || true; }
@@ -46,6 +47,7 @@ done
 kill -INT "$pid"
 rc=0
 wait "$pid" || rc=$?
+pkill -P "$watchdog" 2>/dev/null || true
 kill "$watchdog" 2>/dev/null || true
 [[ $rc -eq 2 ]] || fail "dtest exited $rc after SIGINT, expected 2"
 grep -q "Interrupted" "$WORK/out" || fail "no 'Interrupted' in the report"

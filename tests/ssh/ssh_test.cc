@@ -204,6 +204,11 @@ class SshdEnv : public ::testing::Environment {
       return;
     }
     port = std::stoi(read_file(dir + "/port"));
+    // sshd logs the harness's readiness probe (a connection closed at once)
+    // after it accepted it; wait for that line (up to 10 s), so the tests
+    // that count connections in the log see only their own.
+    for (int k = 0; k < 200 && !contains(read_file(dir + "/sshd.log"), "Connection closed by"); ++k)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
     fs::create_directories(dir + "/local-home");
     up = true;
   }
@@ -401,15 +406,136 @@ TEST_F(Ssh, FirstRunUploadsTheAgentSecondReusesIt) {
 }
 
 TEST_F(Ssh, SeveralGatewaysToOneHost) {
-  // Two gateways bootstrap at the same time (both may upload; temp + rename).
+  // Two masters bootstrap at the same time (both may upload; temp + rename),
+  // each with two gateways on one connection.
   std::error_code ec;
   fs::remove_all(remote_cache(), ec);
+  ProcResult other;
+  std::thread t([&] { other = dtest({"-v", "--tx", "2*" + tx(), kPass}); });
   const ProcResult r = dtest({"-v", "--tx", "2*" + tx(), kPass});
+  t.join();
+  for (const ProcResult* p : std::vector<const ProcResult*>{&r, &other}) {
+    ASSERT_FALSE(p->timed_out);
+    EXPECT_EQ(p->exit_code, 0) << describe(*p);
+    EXPECT_GT(outcomes(p->out).size(), 30u) << describe(*p);
+  }
+  EXPECT_EQ(cached_agents().size(), 1u);
+  for (const auto& e : fs::directory_iterator(remote_cache(), ec))
+    EXPECT_FALSE(contains(e.path().filename().string(), ".tmp.")) << e.path();
+}
+
+// How often `needle` occurs in `text`.
+std::size_t count_of(const std::string& text, const std::string& needle) {
+  std::size_t n = 0;
+  for (auto p = text.find(needle); p != std::string::npos; p = text.find(needle, p + needle.size())) ++n;
+  return n;
+}
+
+// The number of `-v` outcome lines (an id reported twice counts twice).
+std::size_t outcome_lines(const std::string& out) {
+  static const std::regex re(
+      R"(^(?:\[[^\]]*\] )?\[ *\d+%\] (PASSED|FAILED|SKIPPED|XFAILED|CRASHED|TIMEOUT|NOT RUN) (\S+).*$)");
+  std::size_t n = 0;
+  std::istringstream in(out);
+  std::string l;
+  while (std::getline(in, l))
+    if (std::regex_match(l, re)) ++n;
+  return n;
+}
+
+// sshd (LogLevel VERBOSE) logs "Connection from" per TCP connection and
+// "Accepted publickey" per authentication. The tests run one at a time, so
+// what a run adds to the log is the run's.
+struct LogMark {
+  std::string path;
+  std::size_t at;
+  explicit LogMark(std::string p) : path(std::move(p)), at(read_file(path).size()) {}
+  std::string since() const {
+    const std::string log = read_file(path);
+    return log.size() > at ? log.substr(at) : std::string();
+  }
+};
+
+TEST_F(Ssh, ManyGatewaysShareOneConnection) {
+  const LogMark mark(dir_ + "/sshd.log");
+  const ProcResult r = dtest({"-v", "--tx", "8*" + tx(), kPass});
   ASSERT_FALSE(r.timed_out);
   EXPECT_EQ(r.exit_code, 0) << describe(r);
-  EXPECT_EQ(cached_agents().size(), 1u);
+  const std::string log = mark.since();
+  EXPECT_EQ(count_of(log, "Connection from"), 1u) << log;
+  EXPECT_EQ(count_of(log, "Accepted publickey"), 1u) << log;
+  // Eight agents ran on it: eight agent sessions (plus the bootstrap probe).
+  EXPECT_GE(count_of(log, "Starting session: command"), 9u) << log;
   const auto o = outcomes(r.out);
   EXPECT_GT(o.size(), 30u) << describe(r);
+  EXPECT_EQ(outcome_lines(r.out), o.size()) << "a test with more than one outcome\n" << describe(r);
+  for (const auto& [id, outcome] : o) EXPECT_TRUE(outcome == "PASSED" || outcome == "SKIPPED") << id << " " << outcome;
+}
+
+TEST_F(Ssh, GatewaysWithOtherKeysShareTheConnection) {
+  // chdir (and env, nice, agent) belong to the channel, not the connection.
+  const LogMark mark(dir_ + "/sshd.log");
+  const std::string other = work_ + "/other";
+  const ProcResult r = dtest({"-v", "--tx", "2*" + tx(), "--tx", tx() + "//chdir=" + other, kPass});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  const std::string log = mark.since();
+  EXPECT_EQ(count_of(log, "Connection from"), 1u) << log;
+  EXPECT_EQ(count_of(log, "Accepted publickey"), 1u) << log;
+  EXPECT_TRUE(fs::is_directory(other)) << other;
+  const auto o = outcomes(r.out);
+  EXPECT_GT(o.size(), 30u) << describe(r);
+  EXPECT_EQ(outcome_lines(r.out), o.size()) << describe(r);
+}
+
+TEST_F(Ssh, ConnectionFailureFailsEveryGatewayOnIt) {
+  const ProcResult r = dtest({"--tx", "4*" + tx("other_ed25519"), kPass});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 3) << describe(r);
+  const std::string all = r.out + r.err;
+  EXPECT_EQ(count_of(all, "authentication failed for user " + local_user()), 4u) << describe(r);
+  // The same message for each (the gateways share the spec, so the lines
+  // are equal). Not asserted: that there was one handshake, since a
+  // gateway that starts after the failure tries a connection of its own.
+  std::map<std::string, int> lines;
+  std::istringstream in(all);
+  for (std::string l; std::getline(in, l);)
+    if (contains(l, "authentication failed")) ++lines[l.substr(l.find("ssh gateway"))];
+  EXPECT_EQ(lines.size(), 1u) << describe(r);
+}
+
+// A server that allows fewer sessions per connection than there are
+// gateways (OpenSSH's default MaxSessions is 10): the gateways that do not
+// fit open another connection.
+TEST_F(Ssh, MaxSessionsSpillsOverToAnotherConnection) {
+  char tmpl[] = "/tmp/dtest-ssh2-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string d2 = tmpl;
+  struct Stop {
+    std::string d;
+    ~Stop() {
+      run_process({"/bin/bash", kHarness, "stop", d}, {}, "", 30);
+      if (!std::getenv("DTEST_SSH_TEST_KEEP")) {
+        std::error_code ec;
+        fs::remove_all(d, ec);
+      }
+    }
+  } stop{d2};
+  const ProcResult h = run_process({"/bin/bash", kHarness, "start", d2},
+                                   {{"HARNESS_MAX_SESSIONS", "2"}, {"HARNESS_MAX_STARTUPS", "10:30:100"}}, "", 60);
+  ASSERT_EQ(h.exit_code, 0) << describe(h);
+  const std::string port = read_file(d2 + "/port");
+  const std::string spec = "ssh=-F " + empty_config() + " -i " + d2 + "/id_ed25519 -o UserKnownHostsFile=" + d2 +
+                           "/known_hosts " + local_user() + "@127.0.0.1:" + port.substr(0, port.find('\n'));
+  const ProcResult r = dtest({"-v", "--tx", "5*" + spec, kPass});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 0) << describe(r) << "\nsshd.log:\n" << read_file(d2 + "/sshd.log");
+  // 2 + 2 + 1 gateways.
+  EXPECT_EQ(count_of(read_file(d2 + "/sshd.log"), "Accepted publickey"), 3u) << read_file(d2 + "/sshd.log");
+  EXPECT_EQ(count_of(r.out, "gateway failed"), 0u) << describe(r);
+  const auto o = outcomes(r.out);
+  EXPECT_GT(o.size(), 30u) << describe(r);
+  EXPECT_EQ(outcome_lines(r.out), o.size()) << describe(r);
 }
 
 TEST_F(Ssh, ChdirEnvNicePythonAndAgentKey) {

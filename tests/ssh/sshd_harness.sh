@@ -19,6 +19,9 @@
 # HARNESS_ADDR (default 127.0.0.1) and HARNESS_PORT (default: a free one)
 # choose where sshd listens, e.g. inside a network namespace:
 #   HARNESS_ADDR=10.250.1.2 HARNESS_PORT=22 ip netns exec NS sshd_harness.sh start DIR
+# HARNESS_MAX_STARTUPS (default 100:30:200) and HARNESS_MAX_SESSIONS (default
+# 100) set sshd's MaxStartups and MaxSessions (OpenSSH's defaults: 10:30:100
+# and 10).
 set -euo pipefail
 
 cmd=${1:-}
@@ -110,8 +113,8 @@ KbdInteractiveAuthentication no
 StrictModes no
 UsePAM no
 LogLevel VERBOSE
-MaxStartups 100:30:200
-MaxSessions 100
+MaxStartups ${HARNESS_MAX_STARTUPS:-100:30:200}
+MaxSessions ${HARNESS_MAX_SESSIONS:-100}
 SetEnv HOME=$dir/remote-home
 Subsystem sftp internal-sftp
 CFG
