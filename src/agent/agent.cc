@@ -198,8 +198,13 @@ void Agent::finish_batch(Batch& b) {
     if (!done.count(b.tests[i]) && b.tests[i] != crashed) unrun.push_back(i);
   nlohmann::json body = {{"batch", b.id}, {"status", status}, {"unrun", std::move(unrun)}};
   body["exit_code"] = WIFEXITED(b.status) ? WEXITSTATUS(b.status) : -1;
-  body["seconds"] = std::chrono::duration<double>(Clock::now() - b.spawned_at).count();
+  const double seconds = std::chrono::duration<double>(Clock::now() - b.spawned_at).count();
+  body["seconds"] = seconds;
   if (b.startup >= 0) body["startup"] = b.startup;
+  // Remember what this binary costs, for the next run's batch sizing.
+  if (b.startup >= 0 && !done.empty() && WIFEXITED(b.status))
+    gtest::record_cost(b.binary, b.startup,
+                       std::max(seconds - b.startup, 0.0) / static_cast<double>(done.size()) + 1e-9);
   if (auto it = b.pos.find(crashed); it != b.pos.end()) body["crashed"] = it->second;
   if (!(WIFEXITED(b.status) && WEXITSTATUS(b.status) == 0) && !b.parser.outside_output().empty())
     body["outside_output"] = b.parser.outside_output();

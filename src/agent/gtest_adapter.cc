@@ -108,7 +108,36 @@ void write_file_atomically(const std::string& path, const std::string& data) {
   if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) ::unlink(tmp.c_str());
 }
 
+std::string cost_path(const std::string& binary) {
+  struct stat st {};
+  if (::stat(binary.c_str(), &st) != 0) return {};
+  const std::string list = list_cache_path(binary, st);
+  return list.empty() ? std::string() : list + ".cost";
+}
+
 }  // namespace
+
+std::optional<Cost> read_cost(const std::string& binary) {
+  const std::string path = cost_path(binary);
+  std::string text;
+  if (path.empty() || !read_file(path, text)) return std::nullopt;
+  Cost c;
+  if (std::sscanf(text.c_str(), "%lf %lf", &c.startup, &c.per_test) != 2) return std::nullopt;
+  if (!(c.startup >= 0 && c.startup < 3600 && c.per_test > 0 && c.per_test < 3600)) return std::nullopt;
+  return c;
+}
+
+void record_cost(const std::string& binary, double startup, double per_test) {
+  const std::string path = cost_path(binary);
+  if (path.empty() || !(startup >= 0) || !(per_test > 0)) return;
+  if (auto old = read_cost(binary)) {
+    startup = (startup + old->startup) / 2;
+    per_test = (per_test + old->per_test) / 2;
+  }
+  char text[64];
+  std::snprintf(text, sizeof text, "%.9g %.9g\n", startup, per_test);
+  write_file_atomically(path, text);
+}
 
 nlohmann::json collect_binary(const std::string& path, double timeout_s) {
   nlohmann::json out = {{"path", path}};
@@ -165,6 +194,7 @@ nlohmann::json collect_binary(const std::string& path, double timeout_s) {
     return out;
   }
   if (!cache.empty() && !out.contains("cached")) write_file_atomically(cache, cap.out);
+  if (auto c = read_cost(path)) out["cost"] = {{"startup", c->startup}, {"per_test", c->per_test}};
   // Compact: one string of names, and only the exceptions as indices, so a
   // 20,000-test listing is a few hundred KB of CBOR and no per-test maps.
   std::string names;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,17 @@ namespace dtest::gtest {
 //    "type_params": [[i, text]...]?, "value_params": [[i, text]...]?}
 // or {"path": P, "error": "..."} saying clearly why it could not be listed.
 nlohmann::json collect_binary(const std::string& path, double timeout_s = 120);
+
+// What running this binary costs, remembered beside its cached listing (so
+// a rebuilt binary starts afresh): seconds from spawn to the first test, and
+// seconds per test after that. `record_cost` folds one batch in (an average
+// weighted towards recent batches); both are no-ops when the cache is off.
+struct Cost {
+  double startup = 0;
+  double per_test = 0;
+};
+std::optional<Cost> read_cost(const std::string& binary);
+void record_cost(const std::string& binary, double startup, double per_test);
 
 // The command line that runs `tests` of `binary` in one process. A filter
 // too long for one argument goes through a --gtest_flagfile written to

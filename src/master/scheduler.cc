@@ -42,6 +42,15 @@ std::size_t Scheduler::batch_size_for(int group) const {
   return static_cast<std::size_t>(std::max(size, 1.0));
 }
 
+void Scheduler::seed(int group, double startup, double per_test) {
+  if (group < 0 || static_cast<std::size_t>(group) >= stats_.size()) return;
+  auto& st = stats_[static_cast<std::size_t>(group)];
+  st.startup_seconds += startup;
+  ++st.startups;
+  st.work_seconds += per_test;
+  ++st.tests;
+}
+
 std::optional<Batch> Scheduler::next(int worker) {
   while (!group_order_.empty() && queues_[static_cast<std::size_t>(group_order_.front())].empty())
     group_order_.pop_front();

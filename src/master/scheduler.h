@@ -40,6 +40,10 @@ class Scheduler {
   Scheduler(std::vector<int> group_of, const std::vector<int>& order, int workers);
 
   void set_workers(int n) { workers_ = n > 0 ? n : 1; }
+  // What a group's process start and tests cost, as known from earlier
+  // runs; counts as one observation, so real batches soon outweigh it. With
+  // it the first batches are sized at once, without a probe round.
+  void seed(int group, double startup, double per_test);
   // The next batch for `worker`, or nullopt when the queue is empty.
   std::optional<Batch> next(int worker);
   // A test of an in-flight batch got its outcome.

@@ -94,6 +94,23 @@ TEST(Scheduler, SharesDoNotHalveAlongTheTail) {
   EXPECT_LE(batches, 5);
 }
 
+TEST(Scheduler, CostsFromEarlierRunsSizeTheFirstBatchesWithoutAProbe) {
+  Scheduler s(std::vector<int>(20000, 0), iota_n(20000), 2);
+  s.seed(0, 0.02, 3e-6);  // min chunk 0.02 / (0.25 * 3e-6) = 26667: a fair share
+  auto a = s.next(0);
+  auto b = s.next(1);
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->tests.size(), 10000u);
+  EXPECT_EQ(b->tests.size(), 10000u);
+  EXPECT_FALSE(s.next(0));
+  // Slow tests: the seed asks for no minimum, the slice stays.
+  Scheduler slow(std::vector<int>(60, 0), iota_n(60), 2);
+  slow.seed(0, 0.001, 0.5);
+  auto c = slow.next(0);
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->tests.size(), 10u);  // ceil(60 / 6)
+}
+
 TEST(Scheduler, MinChunkBeatsTheSliceWithinAFairShare) {
   const int n = 100;
   Scheduler s(std::vector<int>(n, 0), iota_n(n), 2);

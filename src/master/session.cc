@@ -85,6 +85,8 @@ struct CollectGroup {
   bool failed = false;
   std::vector<TestCase> tests;
   std::vector<std::string> errors;
+  // Per binary: what a process start and a test cost, from earlier runs.
+  std::vector<std::optional<std::pair<double, double>>> costs;
 };
 
 struct UnitState {
@@ -194,7 +196,9 @@ void Session::Impl::start_slots() {
     auto it = std::find_if(groups.begin(), groups.end(),
                            [&](const CollectGroup& g) { return g.key == slots[i]->group_key; });
     if (it == groups.end()) {
-      groups.push_back({slots[i]->group_key, {}, -1, false, false, {}, {}});
+      CollectGroup g;
+      g.key = slots[i]->group_key;
+      groups.push_back(std::move(g));
       it = groups.end() - 1;
     }
     it->slots.push_back(static_cast<int>(i));
@@ -373,9 +377,15 @@ void Session::Impl::on_collected(int i, const Message& m) {
     throw ProtocolError("collected message: expected one entry per binary");
   std::vector<TestCase> tests;
   std::vector<std::string> errors;
+  std::vector<std::optional<std::pair<double, double>>> costs(bins.size());
   for (std::size_t b = 0; b < bins.size(); ++b) {
     const auto& entry = bins[b];
     if (!entry.is_object()) throw ProtocolError("collected message: an entry is not a map");
+    if (auto c = entry.find("cost"); c != entry.end()) {
+      if (!c->is_object() || !(*c)["startup"].is_number() || !(*c)["per_test"].is_number())
+        throw ProtocolError("collected message: 'cost' is not {startup, per_test}");
+      costs[b] = std::make_pair((*c)["startup"].get<double>(), (*c)["per_test"].get<double>());
+    }
     if (auto e = entry.find("error"); e != entry.end()) {
       errors.push_back(e->is_string() ? e->get<std::string>() : "unknown error");
       continue;
@@ -418,7 +428,10 @@ void Session::Impl::on_collected(int i, const Message& m) {
         (key[0] == 't' ? tc.type_param : tc.value_param) = v[1].get<std::string>();
       });
   }
-  trace("{} collected {} tests", slots[static_cast<std::size_t>(i)]->info.id, tests.size());
+  trace("{} collected {} tests; costs known for {} of {} binaries", slots[static_cast<std::size_t>(i)]->info.id,
+        tests.size(), std::count_if(costs.begin(), costs.end(), [](const auto& c) { return c.has_value(); }),
+        costs.size());
+  it->costs = std::move(costs);
   it->tests = std::move(tests);
   it->errors = std::move(errors);
   it->done = true;
@@ -482,7 +495,8 @@ int Session::Impl::start_run() {
     }
   }
 
-  auto make_unit = [&](const std::string& name, const std::vector<TestCase>& tests, std::vector<int> workers) {
+  auto make_unit = [&](const std::string& name, const CollectGroup& g, std::vector<int> workers) {
+    const auto& tests = g.tests;
     Unit u;
     u.name = name;
     u.tests = tests;
@@ -499,6 +513,8 @@ int Session::Impl::start_run() {
       if (!tests[t].disabled) order.push_back(static_cast<int>(t));
     }
     us.sched = std::make_unique<Scheduler>(us.binary_of, order, static_cast<int>(workers.size()));
+    for (std::size_t b = 0; b < g.costs.size(); ++b)
+      if (g.costs[b]) us.sched->seed(static_cast<int>(b), g.costs[b]->first, g.costs[b]->second);
     us.workers = std::move(workers);
     const int idx = static_cast<int>(units.size());
     for (int w : us.workers) slots[static_cast<std::size_t>(w)]->unit = idx;
@@ -514,10 +530,10 @@ int Session::Impl::start_run() {
       if (!g.done) continue;
       for (int w : g.slots)
         if (slots[static_cast<std::size_t>(w)]->state != SlotState::dead)
-          make_unit(slots[static_cast<std::size_t>(w)]->info.id, g.tests, {w});
+          make_unit(slots[static_cast<std::size_t>(w)]->info.id, g, {w});
     }
   } else {
-    make_unit("", first->tests, live);
+    make_unit("", *first, live);
   }
   std::size_t total = 0;
   for (const auto& u : units) total += u.tests.size();

@@ -1175,8 +1175,8 @@ TEST_F(e2e, ListingCacheIsUsedAndNeverServesAStaleBinary) {
   EXPECT_EQ(first.exit_code, 0) << describe(first);
   ASSERT_TRUE(fs::is_directory(tmp_ + "/cache/lists"));
   std::size_t entries = 0;
-  for ([[maybe_unused]] const auto& e : fs::directory_iterator(tmp_ + "/cache/lists")) ++entries;
-  EXPECT_EQ(entries, 1u);
+  for (const auto& e : fs::directory_iterator(tmp_ + "/cache/lists")) entries += !e.path().has_extension();
+  EXPECT_EQ(entries, 1u);  // one listing (and its .cost)
   const ProcResult again = run({"-q", bin}, o);
   EXPECT_EQ(last_nonempty_line(again.out).substr(0, 20), last_nonempty_line(first.out).substr(0, 20));
 
@@ -1188,6 +1188,22 @@ TEST_F(e2e, ListingCacheIsUsedAndNeverServesAStaleBinary) {
   EXPECT_EQ(rebuilt.exit_code, 0) << describe(rebuilt);
   EXPECT_TRUE(std::regex_match(last_nonempty_line(rebuilt.out), std::regex(R"(^12 passed in \d+\.\d\ds$)")))
       << describe(rebuilt);
+
+  // What running the binary cost is remembered beside its listing, and the
+  // next run sizes its batches from it (DTEST_DEBUG traces it); a replaced
+  // binary starts afresh.
+  std::size_t costs = 0;
+  for (const auto& e : fs::directory_iterator(tmp_ + "/cache/lists")) costs += e.path().extension() == ".cost";
+  EXPECT_GE(costs, 1u);
+  RunOptions traced = o;
+  traced.env["DTEST_DEBUG"] = "1";
+  const ProcResult known = run({"-q", bin}, traced);
+  EXPECT_EQ(known.exit_code, 0) << describe(known);
+  EXPECT_TRUE(contains(known.err, "costs known for 1 of 1 binaries")) << known.err;
+  fs::remove(bin);
+  fs::copy_file(kPass, bin);
+  const ProcResult fresh = run({"-q", bin}, traced);
+  EXPECT_TRUE(contains(fresh.err, "costs known for 0 of 1 binaries")) << fresh.err;
 
   // DTEST_LIST_CACHE=0 lists without the cache.
   o.env["DTEST_LIST_CACHE"] = "0";
