@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "gateway/gateway.h"
+#include "support/subprocess.h"
 #include "gateway/ssh_gateway.h"
 
 extern char** environ;
@@ -51,106 +52,21 @@ const std::string kPass = kFixtures + "/fx_pass_test";
 const std::string kMixed = kFixtures + "/fx_mixed_test";
 const std::string kEnv = kFixtures + "/fx_env_test";
 
-struct ProcResult {
-  int exit_code = -1;
-  int signal = 0;
-  bool timed_out = false;
-  std::string out, err;
-};
-
-std::string describe(const ProcResult& r) {
-  auto cut = [](const std::string& s) {
-    constexpr std::size_t kMax = 6000;
-    return s.size() > kMax ? s.substr(0, kMax / 2) + "\n[...]\n" + s.substr(s.size() - kMax / 2) : s;
-  };
-  std::ostringstream o;
-  o << "exit_code=" << r.exit_code << " signal=" << r.signal << (r.timed_out ? " TIMED OUT" : "")
-    << "\n--- stdout ---\n"
-    << cut(r.out) << "\n--- stderr ---\n"
-    << cut(r.err) << "\n--------------";
-  return o.str();
-}
+using dtest::testing::describe;
+using dtest::testing::ProcResult;
 
 // Runs argv with `env` overriding (an empty value unsets), stdout and stderr
-// captured, killed after `timeout` seconds.
+// captured, killed after `timeout` seconds (tests/support/subprocess.h).
 ProcResult run_process(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env = {},
                        const std::string& cwd = "", double timeout = kHardTimeout) {
-  ProcResult res;
-  std::map<std::string, std::string> envmap;
-  for (char** e = environ; e && *e; ++e) {
-    std::string kv(*e);
-    const auto eq = kv.find('=');
-    if (eq != std::string::npos) envmap[kv.substr(0, eq)] = kv.substr(eq + 1);
-  }
+  dtest::testing::RunOptions o;
+  o.cwd = cwd;
+  o.timeout = timeout;
   for (const auto& [k, v] : env) {
-    if (v.empty()) envmap.erase(k);
-    else envmap[k] = v;
+    if (v.empty()) o.unset.insert(k);
+    else o.env[k] = v;
   }
-  std::vector<std::string> envs;
-  for (const auto& [k, v] : envmap) envs.push_back(k + "=" + v);
-  std::vector<char*> envp;
-  for (auto& s : envs) envp.push_back(s.data());
-  envp.push_back(nullptr);
-  std::vector<std::string> args = argv;
-  std::vector<char*> cargv;
-  for (auto& a : args) cargv.push_back(a.data());
-  cargv.push_back(nullptr);
-
-  int outp[2], errp[2];
-  if (::pipe2(outp, O_CLOEXEC) != 0 || ::pipe2(errp, O_CLOEXEC) != 0) throw std::runtime_error("pipe2");
-  const pid_t pid = ::fork();
-  if (pid < 0) throw std::runtime_error("fork");
-  if (pid == 0) {
-    ::setpgid(0, 0);
-    ::signal(SIGPIPE, SIG_DFL);
-    const int devnull = ::open("/dev/null", O_RDONLY);
-    if (devnull >= 0) ::dup2(devnull, 0);
-    ::dup2(outp[1], 1);
-    ::dup2(errp[1], 2);
-    if (!cwd.empty() && ::chdir(cwd.c_str()) != 0) _exit(126);
-    ::execve(cargv[0], cargv.data(), envp.data());
-    _exit(127);
-  }
-  ::close(outp[1]);
-  ::close(errp[1]);
-  int fds[2] = {outp[0], errp[0]};
-  std::string* sinks[2] = {&res.out, &res.err};
-  const auto deadline = Clock::now() + std::chrono::milliseconds(static_cast<long>(timeout * 1000));
-  int status = 0;
-  while (fds[0] >= 0 || fds[1] >= 0) {
-    pollfd p[2];
-    nfds_t n = 0;
-    int which[2];
-    for (int k = 0; k < 2; ++k)
-      if (fds[k] >= 0) {
-        p[n] = {fds[k], POLLIN, 0};
-        which[n++] = k;
-      }
-    ::poll(p, n, 50);
-    for (nfds_t k = 0; k < n; ++k) {
-      if (!(p[k].revents & (POLLIN | POLLHUP | POLLERR))) continue;
-      char buf[65536];
-      const ssize_t got = ::read(p[k].fd, buf, sizeof buf);
-      if (got > 0) {
-        sinks[which[k]]->append(buf, static_cast<std::size_t>(got));
-      } else if (got == 0 || errno != EINTR) {
-        ::close(fds[which[k]]);
-        fds[which[k]] = -1;
-      }
-    }
-    if (Clock::now() > deadline) {
-      res.timed_out = true;
-      ::kill(-pid, SIGKILL);
-      ::kill(pid, SIGKILL);
-      break;
-    }
-  }
-  for (int fd : fds)
-    if (fd >= 0) ::close(fd);
-  ::waitpid(pid, &status, 0);
-  if (WIFEXITED(status)) res.exit_code = WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) res.signal = WTERMSIG(status);
-  return res;
+  return dtest::testing::run_process(argv, o);
 }
 
 bool contains(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
