@@ -247,8 +247,17 @@ void Agent::start_batch(const Message& m) {
   if (auto it = m.body.find("env"); it != m.body.end() && it->is_object())
     for (const auto& [k, v] : it->items())
       if (v.is_string()) so.env[k] = v.get<std::string>();
+  // A user's own GTEST_TOTAL_SHARDS (sharding at a higher level) must not
+  // silently drop tests of a batch: dtest decides what each process runs.
+  so.unset = {"GTEST_TOTAL_SHARDS", "GTEST_SHARD_INDEX"};
+  bool sharded = false;
+  if (auto sh = m.body.find("shard"); sh != m.body.end()) {
+    if (!sh->is_array() || sh->size() != 2 || !(*sh)[0].is_number_unsigned() || !(*sh)[1].is_number_unsigned())
+      throw ProtocolError("run message: 'shard' is not [index, count]");
+    sharded = gtest::shard_command(b->binary, (*sh)[0].get<int>(), (*sh)[1].get<int>(), so.argv, so.env);
+  }
   try {
-    so.argv = gtest::batch_command(b->binary, b->tests, b->flagfile);
+    if (!sharded) so.argv = gtest::batch_command(b->binary, b->tests, b->flagfile);
     b->child = spawn(so);
   } catch (const std::exception& e) {
     // Could not start: every test goes back to the master unrun.

@@ -217,6 +217,18 @@ nlohmann::json collect_binary(const std::string& path, double timeout_s) {
   return out;
 }
 
+bool shard_command(const std::string& binary, int index, int count, std::vector<std::string>& argv,
+                   std::map<std::string, std::string>& env) {
+  if (const char* v = std::getenv("GTEST_ALSO_RUN_DISABLED_TESTS"); v && *v) return false;
+  if (count < 1 || index < 0 || index >= count) return false;
+  argv = {binary, "--gtest_color=no", "--gtest_print_time=1"};
+  if (count > 1) {
+    env["GTEST_TOTAL_SHARDS"] = std::to_string(count);
+    env["GTEST_SHARD_INDEX"] = std::to_string(index);
+  }
+  return true;
+}
+
 std::vector<std::string> batch_command(const std::string& binary,
                                        const std::vector<std::string>& tests,
                                        std::string& flagfile_path) {

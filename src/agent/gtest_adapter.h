@@ -35,4 +35,12 @@ std::vector<std::string> batch_command(const std::string& binary,
                                        const std::vector<std::string>& tests,
                                        std::string& flagfile_path);
 
+// A shard k of n runs with no filter: GoogleTest's own sharding picks the
+// runnable tests at positions p % n == k (GTEST_TOTAL_SHARDS /
+// GTEST_SHARD_INDEX), which is how the master cut the batch. Returns false
+// when this environment would make GoogleTest count differently
+// (GTEST_ALSO_RUN_DISABLED_TESTS set): the caller then uses a filter.
+bool shard_command(const std::string& binary, int index, int count, std::vector<std::string>& argv,
+                   std::map<std::string, std::string>& env);
+
 }  // namespace dtest::gtest

@@ -1,5 +1,6 @@
 #include "agent/subprocess.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -30,13 +31,14 @@ struct Pipe {
   }
 };
 
-std::vector<std::string> build_env(const std::map<std::string, std::string>& overrides) {
+std::vector<std::string> build_env(const std::map<std::string, std::string>& overrides,
+                                   const std::vector<std::string>& unset) {
   std::vector<std::string> env;
   for (char** e = environ; e && *e; ++e) {
     std::string_view kv(*e);
     const auto eq = kv.find('=');
     const std::string name(kv.substr(0, eq));
-    if (!overrides.count(name)) env.emplace_back(kv);
+    if (!overrides.count(name) && std::find(unset.begin(), unset.end(), name) == unset.end()) env.emplace_back(kv);
   }
   for (const auto& [k, v] : overrides) env.push_back(k + "=" + v);
   return env;
@@ -75,7 +77,7 @@ Child spawn(const SpawnOptions& opts) {
                                       POSIX_SPAWN_SETSIGDEF);
 
   std::vector<std::string> argv = opts.argv;
-  std::vector<std::string> env = build_env(opts.env);
+  std::vector<std::string> env = build_env(opts.env, opts.unset);
   auto cargv = c_array(argv);
   auto cenv = c_array(env);
   pid_t pid = -1;

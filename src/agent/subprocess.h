@@ -13,6 +13,7 @@ namespace dtest {
 struct SpawnOptions {
   std::vector<std::string> argv;
   std::map<std::string, std::string> env;  // added to / overriding the agent's
+  std::vector<std::string> unset;          // removed from the agent's
   bool merge_stderr = true;  // stderr into the same pipe as stdout
 };
 

@@ -11,6 +11,10 @@ Scheduler::Scheduler(std::vector<int> group_of, const std::vector<int>& order, i
   for (int g : group_of_) groups = std::max(groups, g + 1);
   queues_.resize(static_cast<std::size_t>(groups));
   stats_.resize(static_cast<std::size_t>(groups));
+  untouched_.assign(static_cast<std::size_t>(groups), 1);
+  shards_.resize(static_cast<std::size_t>(groups));
+  shard_count_.assign(static_cast<std::size_t>(groups), 0);
+  next_shard_.assign(static_cast<std::size_t>(groups), 0);
   for (int t : order) {
     auto& q = queues_[static_cast<std::size_t>(group_of_[static_cast<std::size_t>(t)])];
     if (q.empty()) group_order_.push_back(group_of_[static_cast<std::size_t>(t)]);
@@ -51,23 +55,57 @@ void Scheduler::seed(int group, double startup, double per_test) {
   ++st.tests;
 }
 
-std::optional<Batch> Scheduler::next(int worker) {
-  while (!group_order_.empty() && queues_[static_cast<std::size_t>(group_order_.front())].empty())
-    group_order_.pop_front();
-  if (group_order_.empty()) return std::nullopt;
-  const int g = group_order_.front();
-  auto& q = queues_[static_cast<std::size_t>(g)];
-  const std::size_t n = std::min(batch_size_for(g), q.size());
+Batch Scheduler::take(int worker, int group, std::vector<int> tests) {
   Batch b;
   b.id = next_id_++;
   b.worker = worker;
-  b.group = g;
-  b.tests.assign(q.begin(), q.begin() + static_cast<std::ptrdiff_t>(n));
-  q.erase(q.begin(), q.begin() + static_cast<std::ptrdiff_t>(n));
-  remaining_ -= n;
+  b.group = group;
+  b.tests = std::move(tests);
+  remaining_ -= b.tests.size();
   inflight_left_[b.id] = std::unordered_set<int>(b.tests.begin(), b.tests.end());
   inflight_[b.id] = b;
   return b;
+}
+
+std::optional<Batch> Scheduler::next(int worker) {
+  auto has_work = [&](int g) {
+    return !queues_[static_cast<std::size_t>(g)].empty() || !shards_[static_cast<std::size_t>(g)].empty();
+  };
+  while (!group_order_.empty() && !has_work(group_order_.front())) group_order_.pop_front();
+  if (group_order_.empty()) return std::nullopt;
+  const int g = group_order_.front();
+  const auto gi = static_cast<std::size_t>(g);
+  auto& q = queues_[gi];
+  if (shards_[gi].empty() && untouched_[gi]) {
+    untouched_[gi] = 0;
+    const std::size_t size = std::min(batch_size_for(g), q.size());
+    const std::size_t count = (q.size() + size - 1) / size;
+    // Shard only when that is at most one batch per worker: cheap tests and
+    // costly starts, where a filter naming thousands of tests would cost
+    // more than the tail it saves. (A probe round, or slow tests, keep
+    // shrinking batches.)
+    if (sharding_ && count <= static_cast<std::size_t>(workers_)) {
+      std::vector<std::vector<int>> lists(count);
+      for (std::size_t p = 0; p < q.size(); ++p) lists[p % count].push_back(q[p]);
+      q.clear();
+      shards_[gi].assign(lists.begin(), lists.end());
+      shard_count_[gi] = static_cast<int>(count);
+      next_shard_[gi] = 0;
+    }
+  }
+  if (!shards_[gi].empty()) {
+    std::vector<int> tests = std::move(shards_[gi].front());
+    shards_[gi].pop_front();
+    Batch b = take(worker, g, std::move(tests));
+    b.shard_index = next_shard_[gi]++;
+    b.shard_count = shard_count_[gi];
+    inflight_[b.id] = b;
+    return b;
+  }
+  const std::size_t n = std::min(batch_size_for(g), q.size());
+  std::vector<int> tests(q.begin(), q.begin() + static_cast<std::ptrdiff_t>(n));
+  q.erase(q.begin(), q.begin() + static_cast<std::ptrdiff_t>(n));
+  return take(worker, g, std::move(tests));
 }
 
 void Scheduler::finished(std::int64_t batch, int test) {
@@ -154,6 +192,10 @@ std::vector<int> Scheduler::left_in_order(std::int64_t batch) const {
 
 std::vector<int> Scheduler::drain() {
   std::vector<int> out;
+  for (auto& pending : shards_) {
+    for (auto& list : pending) out.insert(out.end(), list.begin(), list.end());
+    pending.clear();
+  }
   for (int g : group_order_) {
     auto& q = queues_[static_cast<std::size_t>(g)];
     out.insert(out.end(), q.begin(), q.end());

@@ -27,6 +27,11 @@ struct Batch {
   int worker = -1;
   int group = -1;
   std::vector<int> tests;  // indices into the session's test table
+  // A shard (shard_count > 0): `tests` are exactly the group's runnable
+  // tests at positions p with p % shard_count == shard_index, in collection
+  // order, so GoogleTest's own sharding runs them without any filter.
+  int shard_index = -1;
+  int shard_count = 0;
 };
 
 class Scheduler {
@@ -40,6 +45,8 @@ class Scheduler {
   Scheduler(std::vector<int> group_of, const std::vector<int>& order, int workers);
 
   void set_workers(int n) { workers_ = n > 0 ? n : 1; }
+  // Whether batches may be handed out as shards (see Batch).
+  void set_sharding(bool on) { sharding_ = on; }
   // What a group's process start and tests cost, as known from earlier
   // runs; counts as one observation, so real batches soon outweigh it. With
   // it the first batches are sized at once, without a probe round.
@@ -80,6 +87,15 @@ class Scheduler {
   // In-flight tests without an outcome, in batch order.
   std::vector<int> left_in_order(std::int64_t batch) const;
   std::vector<GroupStats> stats_;
+  // Sharding: a group nothing has been taken from yet can be split into
+  // shards when the batches would be at most one per worker anyway (cheap
+  // tests, costly starts). Pending shards of a group, and their count.
+  std::vector<char> untouched_;
+  std::vector<std::deque<std::vector<int>>> shards_;
+  std::vector<int> shard_count_;
+  std::vector<int> next_shard_;
+  bool sharding_ = true;
+  Batch take(int worker, int group, std::vector<int> tests);
   std::vector<int> attempts_;
   std::size_t remaining_ = 0;
   std::int64_t next_id_ = 1;

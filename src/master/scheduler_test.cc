@@ -111,6 +111,56 @@ TEST(Scheduler, CostsFromEarlierRunsSizeTheFirstBatchesWithoutAProbe) {
   EXPECT_EQ(c->tests.size(), 10u);  // ceil(60 / 6)
 }
 
+TEST(Scheduler, CheapTestsOfAFreshBinaryGoOutAsShards) {
+  Scheduler s(std::vector<int>(10, 0), iota_n(10), 2);
+  s.seed(0, 0.02, 1e-6);  // a fair share each: two shards
+  auto a = s.next(0);
+  auto b = s.next(1);
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->shard_index, 0);
+  EXPECT_EQ(a->shard_count, 2);
+  EXPECT_EQ(b->shard_index, 1);
+  EXPECT_EQ(b->shard_count, 2);
+  // GoogleTest's sharding: runnable position p goes to shard p % count.
+  EXPECT_EQ(a->tests, (std::vector<int>{0, 2, 4, 6, 8}));
+  EXPECT_EQ(b->tests, (std::vector<int>{1, 3, 5, 7, 9}));
+  EXPECT_FALSE(s.next(0));
+  // A crash in shard 0 after two tests: the rest comes back as a plain
+  // (filtered) batch, never as a shard.
+  s.finished(a->id, 0);
+  s.finished(a->id, 2);
+  EXPECT_TRUE(s.batch_done(a->id).empty());
+  auto again = s.next(0);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->shard_count, 0);
+  EXPECT_EQ(again->tests.front(), 4);
+}
+
+TEST(Scheduler, NoShardsForAProbeRoundOrWhenSwitchedOff) {
+  Scheduler probe(std::vector<int>(60, 0), iota_n(60), 2);  // nothing known: slices
+  auto p = probe.next(0);
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->shard_count, 0);
+  EXPECT_EQ(p->tests.size(), 10u);
+  Scheduler off(std::vector<int>(10, 0), iota_n(10), 2);
+  off.seed(0, 0.02, 1e-6);
+  off.set_sharding(false);
+  auto o = off.next(0);
+  ASSERT_TRUE(o);
+  EXPECT_EQ(o->shard_count, 0);
+  EXPECT_EQ(o->tests, (std::vector<int>{0, 1, 2, 3, 4}));
+}
+
+TEST(Scheduler, AWholeSmallBinaryIsOneShardWithNoFilter) {
+  // Binary 0 has 2 tests out of 12: its first batch takes it whole.
+  Scheduler s({0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, iota_n(12), 1);
+  auto b = s.next(0);
+  ASSERT_TRUE(b);
+  EXPECT_EQ(b->tests, (std::vector<int>{0, 1}));
+  EXPECT_EQ(b->shard_index, 0);
+  EXPECT_EQ(b->shard_count, 1);
+}
+
 TEST(Scheduler, MinChunkBeatsTheSliceWithinAFairShare) {
   const int n = 100;
   Scheduler s(std::vector<int>(n, 0), iota_n(n), 2);

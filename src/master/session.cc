@@ -568,17 +568,20 @@ void Session::Impl::dispatch() {
     for (int t : b->tests) names.push_back(u.tests[static_cast<std::size_t>(t)].name);
     f.tests = b->tests;
     const std::int64_t id = next_batch++;
-    trace("{} <- batch {} of {} tests ({} left in the queue)", s.info.id, id, b->tests.size(),
+    trace("{} <- batch {} of {} tests{} ({} left in the queue)", s.info.id, id, b->tests.size(),
+          b->shard_count > 0 ? fmt::format(", shard {}/{}", b->shard_index, b->shard_count) : "",
           us.sched->remaining());
     inflight.emplace(id, std::move(f));
     s.batch = id;
-    send(static_cast<int>(i), MsgKind::run,
-         {{"batch", id},
-          {"kind", "gtest"},
-          {"binary", us.paths[static_cast<std::size_t>(b->group)]},
-          {"tests", std::move(names)},
-          {"env",
-           {{"DTEST_WORKER", s.info.id}, {"DTEST_WORKER_COUNT", workers}, {"DTEST_TESTRUNUID", opts.testrunuid}}}});
+    nlohmann::json run = {
+        {"batch", id},
+        {"kind", "gtest"},
+        {"binary", us.paths[static_cast<std::size_t>(b->group)]},
+        {"tests", std::move(names)},
+        {"env",
+         {{"DTEST_WORKER", s.info.id}, {"DTEST_WORKER_COUNT", workers}, {"DTEST_TESTRUNUID", opts.testrunuid}}}};
+    if (b->shard_count > 0) run["shard"] = {b->shard_index, b->shard_count};
+    send(static_cast<int>(i), MsgKind::run, std::move(run));
   }
 }
 

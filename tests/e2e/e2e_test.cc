@@ -1163,6 +1163,26 @@ TEST_F(e2e, ProgressIsStreamedWhileTestsRun) {
   EXPECT_TRUE(streamed);
 }
 
+TEST_F(e2e, ShardedBatchesGiveTheSameOutcomes) {
+  // Once the agent knows fx_mixed_test is cheap to run, the next run hands
+  // out GoogleTest shards (no filter); crashes inside a shard still leave
+  // every other test to run, and the outcomes are those of the first run.
+  RunOptions o;
+  o.env["DTEST_CACHE_DIR"] = tmp_ + "/cache";
+  o.env["DTEST_DEBUG"] = "1";
+  const ProcResult first = run({"-n", "2", "-v", kMixed}, o);
+  const ProcResult second = run({"-n", "2", "-v", kMixed}, o);
+  ASSERT_FALSE(first.timed_out || second.timed_out);
+  EXPECT_EQ(first.exit_code, 1) << describe(first);
+  EXPECT_EQ(second.exit_code, 1) << describe(second);
+  EXPECT_TRUE(contains(second.err, ", shard 0/2")) << second.err;
+  std::map<std::string, std::string> a, b;
+  for (const auto& l : parse_verbose(first.out)) a[l.id] = l.outcome;
+  for (const auto& l : parse_verbose(second.out)) b[l.id] = l.outcome;
+  EXPECT_EQ(a.size(), 32u);
+  EXPECT_EQ(a, b);
+}
+
 TEST_F(e2e, ListingCacheIsUsedAndNeverServesAStaleBinary) {
   // The agent caches --gtest_list_tests output keyed on the binary's
   // identity. A binary replaced at the same path must be listed afresh.
