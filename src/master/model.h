@@ -13,6 +13,7 @@ namespace dtest {
 
 struct TestCase {
   std::string binary;  // as the user named it (display, JUnit)
+  int binary_index = -1;  // position of `binary` on the command line
   std::string name;    // GoogleTest full name, "Suite.Name"
   bool disabled = false;
   std::string type_param, value_param;

@@ -372,6 +372,7 @@ void Session::Impl::ask_collect(CollectGroup& g) {
 void Session::Impl::on_collected(int i, const Message& m) {
   auto it = std::find_if(groups.begin(), groups.end(), [&](const CollectGroup& g) { return g.asked == i; });
   if (it == groups.end() || it->done) throw ProtocolError("an unrequested collected message");
+  trace("{} collected message decoded", slots[static_cast<std::size_t>(i)]->info.id);
   const auto& bins = field(m, "binaries");
   if (!bins.is_array() || bins.size() != opts.binaries.size())
     throw ProtocolError("collected message: expected one entry per binary");
@@ -401,6 +402,7 @@ void Session::Impl::on_collected(int i, const Message& m) {
       const std::size_t nl = std::min(all.find('\n', pos), all.size());
       TestCase tc;
       tc.binary = opts.binaries[b];
+      tc.binary_index = static_cast<int>(b);
       tc.name = all.substr(pos, nl - pos);
       if (tc.name.empty()) throw ProtocolError("collected message: an empty test name");
       tests.push_back(std::move(tc));
@@ -455,8 +457,8 @@ void Session::Impl::record(int unit, int test, TestResult r) {
 int Session::Impl::start_run() {
   collecting = false;
   std::vector<std::string> errors;
-  const CollectGroup* first = nullptr;
-  for (const auto& g : groups) {
+  CollectGroup* first = nullptr;
+  for (auto& g : groups) {
     if (!g.done) continue;
     for (const auto& e : g.errors)
       if (std::find(errors.begin(), errors.end(), e) == errors.end()) errors.push_back(e);
@@ -495,21 +497,21 @@ int Session::Impl::start_run() {
     }
   }
 
-  auto make_unit = [&](const std::string& name, const CollectGroup& g, std::vector<int> workers) {
-    const auto& tests = g.tests;
+  const std::size_t collected = first->tests.size();
+  // `steal`: the collection is used by this unit only (load): move it.
+  auto make_unit = [&](const std::string& name, CollectGroup& g, std::vector<int> workers, bool steal) {
     Unit u;
     u.name = name;
-    u.tests = tests;
+    u.tests = steal ? std::move(g.tests) : g.tests;
+    const auto& tests = u.tests;
     u.results.resize(tests.size());
     UnitState us;
-    std::map<std::string, int> bin_index;
-    for (std::size_t b = 0; b < opts.binaries.size(); ++b) {
-      bin_index.emplace(opts.binaries[b], static_cast<int>(b));
-      us.paths.push_back(opts.binary_paths[b]);
-    }
+    us.paths = opts.binary_paths;
     std::vector<int> order;
+    us.binary_of.reserve(tests.size());
+    order.reserve(tests.size());
     for (std::size_t t = 0; t < tests.size(); ++t) {
-      us.binary_of.push_back(bin_index.at(tests[t].binary));
+      us.binary_of.push_back(tests[t].binary_index);
       if (!tests[t].disabled) order.push_back(static_cast<int>(t));
     }
     us.sched = std::make_unique<Scheduler>(us.binary_of, order, static_cast<int>(workers.size()));
@@ -526,19 +528,20 @@ int Session::Impl::start_run() {
   for (std::size_t i = 0; i < slots.size(); ++i)
     if (slots[i]->state != SlotState::dead) live.push_back(static_cast<int>(i));
   if (opts.dist == "each") {
-    for (const auto& g : groups) {
+    for (auto& g : groups) {
       if (!g.done) continue;
       for (int w : g.slots)
         if (slots[static_cast<std::size_t>(w)]->state != SlotState::dead)
-          make_unit(slots[static_cast<std::size_t>(w)]->info.id, g, {w});
+          make_unit(slots[static_cast<std::size_t>(w)]->info.id, g, {w}, false);
     }
   } else {
-    make_unit("", *first, live);
+    make_unit("", *first, live, true);
   }
   std::size_t total = 0;
   for (const auto& u : units) total += u.tests.size();
+  trace("run set up: {} unit(s), {} tests", units.size(), total);
   reporter.set_total(total);
-  reporter.collected(first->tests.size(), opts.binaries.size(), units.size());
+  reporter.collected(collected, opts.binaries.size(), units.size());
   if (total == 0) return kExitNoTests;
   for (std::size_t u = 0; u < units.size(); ++u)
     for (std::size_t t = 0; t < units[u].tests.size(); ++t)
