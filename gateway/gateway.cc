@@ -1,5 +1,9 @@
 #include "gateway/gateway.h"
 
+#include <poll.h>
+
+#include "common/fdio.h"
+
 #include <cstdlib>
 #include <filesystem>
 
@@ -15,6 +19,21 @@ std::string default_agent_path() {
   const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
   if (ec) return "dtest-agent";
   return (self.parent_path() / "dtest-agent").string();
+}
+
+std::optional<Frame> read_frame(int fd, FrameDecoder& decoder) {
+  char buf[65536];
+  for (;;) {
+    if (auto f = decoder.pop()) return f;
+    const ssize_t n = read_some(fd, buf, sizeof buf);
+    if (n == 0) return std::nullopt;
+    if (n > 0) {
+      decoder.feed(std::string_view(buf, static_cast<std::size_t>(n)));
+    } else {  // a non-blocking descriptor with nothing yet: wait, do not spin
+      pollfd p{fd, POLLIN, 0};
+      ::poll(&p, 1, -1);
+    }
+  }
 }
 
 std::unique_ptr<Gateway> open(const xspec::Spec& spec, const OpenOptions& opts) {

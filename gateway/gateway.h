@@ -52,4 +52,10 @@ std::unique_ptr<Gateway> open(const xspec::Spec& spec, const OpenOptions& opts);
 // The dtest-agent beside the running executable (or $DTEST_AGENT).
 std::string default_agent_path();
 
+// For transports that end in a file descriptor: blocks until `decoder` holds
+// a whole frame, reading `fd` as needed. Returns nullopt at EOF (then
+// `decoder.buffered()` says whether it came inside a frame). Read errors come
+// out as std::system_error, for the transport to name itself in.
+std::optional<Frame> read_frame(int fd, FrameDecoder& decoder);
+
 }  // namespace dtest::gateway

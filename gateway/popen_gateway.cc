@@ -115,22 +115,13 @@ class PopenGateway final : public Gateway {
   }
 
   std::optional<Frame> receive() override {
-    char buf[65536];
-    for (;;) {
-      if (auto f = decoder_.pop()) return f;
-      ssize_t n = 0;
-      try {
-        n = read_some(out_r_, buf, sizeof buf);
-      } catch (const std::system_error& e) {
-        throw GatewayError("popen gateway '" + spec_ + "': read: " + e.what());
-      }
-      if (n == 0) {
-        if (decoder_.buffered() > 0)
-          throw ProtocolError("agent output ended inside a frame");
-        return std::nullopt;
-      }
-      if (n > 0) decoder_.feed(std::string_view(buf, static_cast<std::size_t>(n)));
+    try {
+      if (auto f = read_frame(out_r_, decoder_)) return f;
+    } catch (const std::system_error& e) {
+      throw GatewayError("popen gateway '" + spec_ + "': read: " + e.what());
     }
+    if (decoder_.buffered() > 0) throw ProtocolError("agent output ended inside a frame");
+    return std::nullopt;
   }
 
   void close() override {

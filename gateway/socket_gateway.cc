@@ -122,24 +122,17 @@ class SocketGateway final : public Gateway {
         if (armed) g->mark_ended();
       }
     } guard{this};
-    char buf[65536];
-    for (;;) {
-      if (auto f = decoder_.pop()) {
+    try {
+      if (auto f = read_frame(fd_, decoder_)) {
         guard.armed = false;
         return f;
       }
-      const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        if (terminated_) return std::nullopt;
-        fail(std::string("connection to the agent at ") + where_ + " failed: " + std::strerror(errno));
-      }
-      if (n == 0) {
-        if (decoder_.buffered() > 0 && !terminated_) throw ProtocolError("agent output ended inside a frame");
-        return std::nullopt;
-      }
-      decoder_.feed(std::string_view(buf, static_cast<std::size_t>(n)));
+    } catch (const std::system_error& e) {
+      if (terminated_) return std::nullopt;
+      fail(std::string("connection to the agent at ") + where_ + " failed: " + e.code().message());
     }
+    if (decoder_.buffered() > 0 && !terminated_) throw ProtocolError("agent output ended inside a frame");
+    return std::nullopt;
   }
 
   void close() override {

@@ -1060,25 +1060,17 @@ class SshGateway final : public Gateway {
   }
 
   std::optional<Frame> receive() override {
-    char buf[65536];
-    for (;;) {
-      if (auto f = decoder_.pop()) return f;
-      ssize_t n = 0;
-      try {
-        n = read_some(sock_, buf, sizeof buf);
-      } catch (const std::system_error& e) {
-        fail(std::string("read: ") + e.what());
-      }
-      if (n == 0) {
-        {
-          std::lock_guard lock(state_->mu);
-          if (state_->done && !state_->error.empty()) fail(state_->error);
-        }
-        if (decoder_.buffered() > 0) throw ProtocolError("agent output ended inside a frame");
-        return std::nullopt;
-      }
-      if (n > 0) decoder_.feed(std::string_view(buf, static_cast<std::size_t>(n)));
+    try {
+      if (auto f = read_frame(sock_, decoder_)) return f;
+    } catch (const std::system_error& e) {
+      fail(std::string("read: ") + e.what());
     }
+    {
+      std::lock_guard lock(state_->mu);
+      if (state_->done && !state_->error.empty()) fail(state_->error);
+    }
+    if (decoder_.buffered() > 0) throw ProtocolError("agent output ended inside a frame");
+    return std::nullopt;
   }
 
   // The agent sees EOF on its stdin once the pump has written everything
