@@ -687,7 +687,10 @@ class Connection {
       chans_.push_back(std::move(c));
     } catch (const Refused& e) {
       std::lock_guard lock(mu_);
-      cmd.status = chans_.empty() ? OpenCmd::Status::failed : OpenCmd::Status::refused;
+      // Refused on a connection that has had sessions (the agents' channels,
+      // or the bootstrap's, whose slots sshd may not have freed yet): try
+      // another connection. Only a first session refused is an error.
+      cmd.status = sessions_opened_ == 0 ? OpenCmd::Status::failed : OpenCmd::Status::refused;
       cmd.cause = e.what();
     } catch (const std::exception& e) {
       std::lock_guard lock(mu_);
@@ -705,6 +708,7 @@ class Connection {
         throw Refused("the server refused to open a session (sshd's MaxSessions?): " + ssh_error());
       throw Cause("cannot open a channel: " + ssh_error());
     }
+    ++sessions_opened_;
     return ch;
   }
 
@@ -946,6 +950,7 @@ class Connection {
   std::deque<std::shared_ptr<OpenCmd>> queue_;
   bool closed_ = false;    // ended (or failed): no more opens
   bool full_ = false;      // the server refused a session: opens go to another connection
+  int sessions_opened_ = 0;  // on this connection, ever (pump thread only)
   bool shutdown_ = false;  // the last owner is gone
 };
 
