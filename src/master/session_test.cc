@@ -3,6 +3,7 @@
 // without processes.
 #include "master/session.h"
 
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -33,12 +34,20 @@ struct Script {
   mutable std::mutex start_mu;
   mutable std::condition_variable start_cv;
   mutable int started = 0;
+  // When set, the other fakes hold back their results until this gateway's
+  // link has dropped, so it surely gets work to lose.
+  std::string hold_until_dead;
+  mutable std::set<std::string> dead;
+  // Gateways whose open fails with garbage (before any hello).
+  std::set<std::string> garbage_at_open;
 };
 
 class FakeGateway final : public gateway::Gateway {
  public:
   FakeGateway(const Script& script, std::string id, std::vector<std::string>* run_log, std::mutex* log_mu)
       : script_(script), id_(std::move(id)), run_log_(run_log), log_mu_(log_mu) {
+    if (script_.garbage_at_open.count(id_))
+      throw ProtocolError("bad frame magic at byte 0 (expected 0xD7): 'xx'");
     if (script_.start_together > 0) {
       std::unique_lock lock(script_.start_mu);
       ++script_.started;
@@ -85,6 +94,14 @@ class FakeGateway final : public gateway::Gateway {
     cv_.wait(lock, [&] { return !q_.empty(); });
     auto f = std::move(q_.front());
     q_.pop_front();
+    lock.unlock();
+    const bool result = f && (f->kind == static_cast<std::uint8_t>(MsgKind::events) ||
+                              f->kind == static_cast<std::uint8_t>(MsgKind::batch_done));
+    if (result && !script_.hold_until_dead.empty() && id_ != script_.hold_until_dead) {
+      std::unique_lock hold(script_.start_mu);
+      script_.start_cv.wait_for(hold, std::chrono::seconds(10),
+                                [&] { return script_.dead.count(script_.hold_until_dead) > 0; });
+    }
     return f;
   }
 
@@ -118,6 +135,9 @@ class FakeGateway final : public gateway::Gateway {
     if (auto d = script_.die_after_runs.find(id_); d != script_.die_after_runs.end() && runs_ >= d->second) {
       dead_ = true;
       close();
+      std::lock_guard lock(script_.start_mu);
+      script_.dead.insert(id_);
+      script_.start_cv.notify_all();
       return;
     }
     const auto batch = m.body["batch"];
@@ -265,8 +285,8 @@ TEST(Session, CrashMarksOneTestAndTheRestOfTheBatchStillRuns) {
 TEST(Session, LostGatewayRequeuesItsTestsOnTheOthers) {
   Harness h;
   h.script.binaries["a"] = passing("A", 60);
-  h.script.die_after_runs["gw1"] = 2;  // answers one batch, then the link drops
-  h.script.start_together = 2;
+  h.script.die_after_runs["gw1"] = 1;  // its link drops with its first batch
+  h.script.hold_until_dead = "gw1";    // gw0 cannot finish everything first
   EXPECT_EQ(h.run({"2*popen"}), kExitOk);
   const auto o = h.outcomes();
   EXPECT_EQ(o.size(), 60u);
@@ -297,8 +317,7 @@ TEST(Session, WithNoGatewayLeftTheRestIsNotRunWithAReason) {
 TEST(Session, GarbageFromOneGatewayTakesItOutAndTheOtherRunsEverything) {
   Harness h;
   h.script.binaries["a"] = passing("A", 10);
-  h.script.garbage = {"gw0"};
-  h.script.start_together = 2;  // gw0 is up (and failing) before gw1 finishes
+  h.script.garbage_at_open = {"gw0"};  // fails before gw1 can finish the run
   EXPECT_EQ(h.run({"2*popen"}), kExitOk);
   EXPECT_EQ(h.outcomes().size(), 10u);
   EXPECT_THAT(h.out.str(), HasSubstr("[gw0] gateway failed (2*popen): garbage from the agent"));
