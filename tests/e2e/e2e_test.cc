@@ -43,6 +43,7 @@
 #include <nlohmann/json.hpp>
 
 #include "support/subprocess.h"
+#include "support/text.h"
 
 namespace {
 
@@ -59,7 +60,9 @@ std::string fixture(const std::string& name) { return kFixtures + "/" + name; }
 // Subprocess runner (tests/support/subprocess.h)
 // ---------------------------------------------------------------------------
 
+using dtest::testing::contains;
 using dtest::testing::describe;
+using dtest::testing::read_file;
 using dtest::testing::ProcResult;
 using dtest::testing::run_process;
 using dtest::testing::RunOptions;
@@ -92,20 +95,11 @@ std::vector<std::string> split_lines(const std::string& s) {
   return v;
 }
 
-bool contains(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
-
 std::string last_nonempty_line(const std::string& s) {
   const auto lines = split_lines(s);
   for (auto it = lines.rbegin(); it != lines.rend(); ++it)
     if (!it->empty()) return *it;
   return "";
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::ostringstream o;
-  o << f.rdbuf();
-  return o.str();
 }
 
 // One `-v` line: "[gw0] [ 50%] PASSED path::Suite.Name (unit) - message";

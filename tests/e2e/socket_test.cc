@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "support/subprocess.h"
+#include "support/text.h"
 
 namespace {
 
@@ -53,20 +54,13 @@ const std::string kPass = kFixtures + "/fx_pass_test";
 const std::string kMixed = kFixtures + "/fx_mixed_test";
 const std::string kSleep = kFixtures + "/fx_sleep_test";
 
-bool contains(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
-
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::ostringstream o;
-  o << f.rdbuf();
-  return o.str();
-}
-
 // ---------------------------------------------------------------------------
 // Subprocesses (tests/support/subprocess.h)
 // ---------------------------------------------------------------------------
 
+using dtest::testing::contains;
 using dtest::testing::describe;
+using dtest::testing::read_file;
 using dtest::testing::ProcResult;
 using dtest::testing::run_process;
 using dtest::testing::RunOptions;

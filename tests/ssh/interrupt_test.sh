@@ -38,12 +38,29 @@ pid=$!
 watchdog=$!
 
 remote() { pgrep -f "$WORK/(h/remote-home/.cache/dtest/agent-|slow_test)" || true; }
-for _ in $(seq 1 400); do
-  [[ -n "$(pgrep -f "^$WORK/slow_test" || true)" ]] && break
-  kill -0 "$pid" 2>/dev/null || break
-  sleep 0.05
-done
-[[ -n "$(pgrep -f "^$WORK/slow_test" || true)" ]] || { wait "$pid" || true; fail "no test process ever ran remotely"; }
+running() { [[ -n "$(pgrep -f "^$WORK/slow_test" || true)" ]]; }
+# Waits (up to 20 s) until a test process runs remotely, while dtest lives.
+wait_running() {
+  for _ in $(seq 1 400); do
+    running && return 0
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  running
+}
+# Fails unless nothing is left on the remote host within $1 polls of 50 ms.
+expect_nothing_left() {
+  for _ in $(seq 1 "$1"); do
+    [[ -z "$(remote)" ]] && return 0
+    sleep 0.05
+  done
+  local left
+  left=$(remote)
+  ps -o pid,ppid,args -p $left
+  fail "$2"
+}
+
+wait_running || { wait "$pid" || true; fail "no test process ever ran remotely"; }
 kill -INT "$pid"
 rc=0
 wait "$pid" || rc=$?
@@ -55,15 +72,7 @@ total=$(grep -cE '^(\[gw[01]\] )?\[ *[0-9]+%\] ' "$WORK/out" || true)
 expected=$("$FIX/fx_sleep_test" --gtest_list_tests | grep -c '^  ')
 [[ $total -eq $expected ]] || fail "$total outcomes for $expected tests"
 
-for _ in $(seq 1 100); do
-  [[ -z "$(remote)" ]] && break
-  sleep 0.05
-done
-left=$(remote)
-if [[ -n "$left" ]]; then
-  ps -o pid,ppid,args -p $left
-  fail "processes left behind on the remote host"
-fi
+expect_nothing_left 100 "processes left behind on the remote host"
 echo "PASS: SIGINT -> exit 2, $total outcomes, nothing left on the remote host"
 
 # A master killed outright (SIGKILL: no shutdown at all): the connection
@@ -71,20 +80,8 @@ echo "PASS: SIGINT -> exit 2, $total outcomes, nothing left on the remote host"
 HOME=$WORK/home DTEST_SSH_KNOWN_HOSTS=$WORK/h/known_hosts "$DTEST" -q \
   --tx "2*ssh=-i $WORK/h/id_ed25519 -p $port root@127.0.0.1" "$WORK/slow_test" > "$WORK/out" 2>&1 &
 pid=$!
-for _ in $(seq 1 400); do
-  [[ -n "$(pgrep -f "^$WORK/slow_test" || true)" ]] && break
-  sleep 0.05
-done
-[[ -n "$(pgrep -f "^$WORK/slow_test" || true)" ]] || fail "no test process ran remotely (second run)"
+wait_running || fail "no test process ran remotely (second run)"
 kill -KILL "$pid"
 wait "$pid" 2>/dev/null || true
-for _ in $(seq 1 200); do
-  [[ -z "$(remote)" ]] && break
-  sleep 0.05
-done
-left=$(remote)
-if [[ -n "$left" ]]; then
-  ps -o pid,ppid,args -p $left
-  fail "processes left behind on the remote host after the master was killed"
-fi
+expect_nothing_left 200 "processes left behind on the remote host after the master was killed"
 echo "PASS: SIGKILL of the master -> nothing left on the remote host"

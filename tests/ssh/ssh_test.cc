@@ -33,6 +33,7 @@
 
 #include "gateway/gateway.h"
 #include "support/subprocess.h"
+#include "support/text.h"
 #include "gateway/ssh_gateway.h"
 
 extern char** environ;
@@ -52,7 +53,9 @@ const std::string kPass = kFixtures + "/fx_pass_test";
 const std::string kMixed = kFixtures + "/fx_mixed_test";
 const std::string kEnv = kFixtures + "/fx_env_test";
 
+using dtest::testing::contains;
 using dtest::testing::describe;
+using dtest::testing::read_file;
 using dtest::testing::ProcResult;
 
 // Runs argv with `env` overriding (an empty value unsets), stdout and stderr
@@ -67,15 +70,6 @@ ProcResult run_process(const std::vector<std::string>& argv, const std::map<std:
     else o.env[k] = v;
   }
   return dtest::testing::run_process(argv, o);
-}
-
-bool contains(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
-
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::ostringstream o;
-  o << f.rdbuf();
-  return o.str();
 }
 
 std::string local_user() {
