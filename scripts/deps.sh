@@ -9,7 +9,7 @@ pkgs=(
   python3
   openssh-server openssh-client libssh-dev iproute2
 )
-if [[ "${1:-}" == "--bench" ]]; then pkgs+=(hyperfine python3-pytest python3-pytest-xdist); fi
+if [[ "${1:-}" == "--bench" ]]; then pkgs+=(hyperfine python3-pytest python3-pytest-xdist rsync); fi
 missing=()
 for p in "${pkgs[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

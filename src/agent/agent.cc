@@ -21,6 +21,7 @@
 #include "agent/subprocess.h"
 #include "common/fdio.h"
 #include "common/message.h"
+#include "sync/receiver.h"
 
 namespace dtest {
 
@@ -77,12 +78,13 @@ nlohmann::json hello_body() {
           {"hostname", host},
           {"pid", ::getpid()},
           {"cwd", cwd},
-          {"caps", {"gtest", "zstd"}}};
+          {"caps", {"gtest", "zstd", "sync"}}};
 }
 
 class Agent {
  public:
-  Agent(int in_fd, int out_fd) : in_(in_fd), out_(out_fd) {}
+  Agent(int in_fd, int out_fd)
+      : in_(in_fd), out_(out_fd), receiver_([this](MsgKind k, nlohmann::json b) { send(k, std::move(b)); }, cwd()) {}
   int run();
 
  private:
@@ -99,7 +101,13 @@ class Agent {
   void flush_events();
   void kill_all();
 
+  static std::string cwd() {
+    char buf[4096] = {};
+    return ::getcwd(buf, sizeof buf) ? std::string(buf) : std::string(".");
+  }
+
   int in_, out_;
+  sync::Receiver receiver_;
   FrameDecoder decoder_;
   std::vector<std::unique_ptr<Batch>> batches_;
   // Results not yet sent (all of one batch): packed records, and the output
@@ -304,6 +312,12 @@ void Agent::dispatch(const Message& m) {
       return;
     case MsgKind::shutdown:
       stop_ = true;
+      return;
+    case MsgKind::sync_begin:
+    case MsgKind::sync_plan:
+    case MsgKind::sync_data:
+    case MsgKind::sync_end:
+      receiver_.handle(m);
       return;
     default:
       throw ProtocolError("unexpected " + std::string(to_string(m.kind)) + " message from the master");

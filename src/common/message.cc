@@ -16,6 +16,13 @@ std::string_view to_string(MsgKind k) {
     case MsgKind::batch_done: return "batch_done";
     case MsgKind::log: return "log";
     case MsgKind::shutdown: return "shutdown";
+    case MsgKind::sync_begin: return "sync_begin";
+    case MsgKind::sync_state: return "sync_state";
+    case MsgKind::sync_plan: return "sync_plan";
+    case MsgKind::sync_data: return "sync_data";
+    case MsgKind::sync_sigs: return "sync_sigs";
+    case MsgKind::sync_end: return "sync_end";
+    case MsgKind::sync_done: return "sync_done";
   }
   return "unknown";
 }
@@ -98,7 +105,7 @@ struct DepthCheck : nlohmann::json_sax<nlohmann::json> {
 Message decode_message(const Frame& f) {
   Message m;
   if (f.kind < static_cast<std::uint8_t>(MsgKind::hello) ||
-      f.kind > static_cast<std::uint8_t>(MsgKind::shutdown))
+      f.kind > static_cast<std::uint8_t>(kLastMsgKind))
     throw ProtocolError("unknown message kind " + std::to_string(f.kind));
   m.kind = static_cast<MsgKind>(f.kind);
   std::string plain;
@@ -185,6 +192,15 @@ std::int64_t get_int(const Message& m, const char* name) {
     throw ProtocolError(std::string(to_string(m.kind)) + " message: field '" + name +
                         "' is out of range");
   return v.get<std::int64_t>();
+}
+
+std::string_view get_bytes(const Message& m, const char* name) {
+  const auto& v = field(m, name);
+  if (!v.is_binary())
+    throw ProtocolError(std::string(to_string(m.kind)) + " message: field '" + name +
+                        "' is not a byte string");
+  const auto& b = v.get_binary();
+  return {reinterpret_cast<const char*>(b.data()), b.size()};
 }
 
 }  // namespace dtest

@@ -24,7 +24,16 @@ enum class MsgKind : std::uint8_t {
   batch_done = 6,    // agent -> master: the batch's process has exited
   log = 7,           // agent -> master: a diagnostic line
   shutdown = 8,      // master -> agent: kill everything and exit
+  // The delta syncer (docs/protocol.md, "Sync"):
+  sync_begin = 9,    // master -> agent: a root's name, ignore rules, the sender's digest
+  sync_state = 10,   // agent -> master: "current", or the receiver's manifest
+  sync_plan = 11,    // master -> agent: deletes, dirs, links, metadata, signature requests
+  sync_data = 12,    // master -> agent: a bundle of whole files and deltas
+  sync_sigs = 13,    // agent -> master: block signatures of the requested files
+  sync_end = 14,     // master -> agent: the sender's digest; finish the root
+  sync_done = 15,    // agent -> master: the root's outcome (ok, digest, retries, errors)
 };
+inline constexpr MsgKind kLastMsgKind = MsgKind::sync_done;
 
 std::string_view to_string(MsgKind k);
 
@@ -63,5 +72,7 @@ std::vector<ResultRecord> decode_records(const nlohmann::json& bytes);
 const nlohmann::json& field(const Message& m, const char* name);
 std::string get_string(const Message& m, const char* name);
 std::int64_t get_int(const Message& m, const char* name);
+// A byte string field (CBOR major type 2), as a view into the message.
+std::string_view get_bytes(const Message& m, const char* name);
 
 }  // namespace dtest

@@ -84,7 +84,9 @@ std::string zstd_stream(std::size_t total, char fill, bool declare_size) {
 
 const std::vector<MsgKind> kAllKinds = {MsgKind::hello,   MsgKind::collect,    MsgKind::collected,
                                         MsgKind::run,     MsgKind::events,     MsgKind::batch_done,
-                                        MsgKind::log,     MsgKind::shutdown};
+                                        MsgKind::log,     MsgKind::shutdown,   MsgKind::sync_begin,
+                                        MsgKind::sync_state, MsgKind::sync_plan, MsgKind::sync_data,
+                                        MsgKind::sync_sigs, MsgKind::sync_end,  MsgKind::sync_done};
 
 // A plausible body for each kind (the codec does not look at fields, but
 // exercising realistic shapes catches CBOR type-mapping surprises).
@@ -113,6 +115,21 @@ json sample_body(MsgKind k) {
       return {{"level", "warn"}, {"line", std::string("nul\0byte", 8)}};
     case MsgKind::shutdown:
       return json::object();
+    case MsgKind::sync_begin:
+      return {{"sync", 1}, {"name", "src"}, {"ignore", {".git/", "*.pyc"}},
+              {"digest", json::binary({1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16})}};
+    case MsgKind::sync_state:
+      return {{"sync", 1}, {"current", false}, {"manifest", json::binary({0xD7, 0x53, 0, 0})}};
+    case MsgKind::sync_plan:
+      return {{"sync", 1}, {"delete", {"old.txt"}}, {"dirs", {"a", "a/b"}},
+              {"links", {{"l", "../x", 123}}}, {"meta", {{"run.sh", true, 456}}}, {"sigs", {"big.bin"}}};
+    case MsgKind::sync_data:
+    case MsgKind::sync_sigs:
+      return {{"sync", 1}, {"data", json::binary(std::vector<std::uint8_t>(5000, 7))}};
+    case MsgKind::sync_end:
+      return {{"sync", 1}, {"digest", json::binary(std::vector<std::uint8_t>(16, 0xAB))}};
+    case MsgKind::sync_done:
+      return {{"sync", 1}, {"ok", true}, {"retry", json::array()}, {"errors", json::array()}};
   }
   return json::object();
 }
@@ -249,8 +266,8 @@ TEST(DecodeMessage, UnknownKind) {
             "unknown message kind 200");
   EXPECT_EQ(protocol_error([] { decode_message(raw_frame(0, cbor(json::object()))); }),
             "unknown message kind 0");
-  EXPECT_EQ(protocol_error([] { decode_message(raw_frame(9, cbor(json::object()))); }),
-            "unknown message kind 9");
+  EXPECT_EQ(protocol_error([] { decode_message(raw_frame(16, cbor(json::object()))); }),
+            "unknown message kind 16");
   EXPECT_EQ(protocol_error([] { decode_message(raw_frame(255, "")); }),
             "unknown message kind 255");
 }
@@ -501,6 +518,18 @@ TEST(Fields, GetInt) {
             "run message: field 'flag' is not an integer");
   EXPECT_EQ(protocol_error([&] { get_int(m, "batch2"); }),
             "run message: field 'batch2' missing");
+}
+
+TEST(Fields, GetBytes) {
+  Message m;
+  m.kind = MsgKind::sync_data;
+  m.body = {{"data", json::binary({0, 1, 0xFF})}, {"text", "abc"}};
+  const Message out = wire_round_trip(m);
+  EXPECT_EQ(get_bytes(out, "data"), std::string_view("\x00\x01\xFF", 3));
+  EXPECT_EQ(protocol_error([&] { get_bytes(out, "text"); }),
+            "sync_data message: field 'text' is not a byte string");
+  EXPECT_EQ(protocol_error([&] { get_bytes(out, "nope"); }),
+            "sync_data message: field 'nope' missing");
 }
 
 TEST(Fields, GetIntExtremesAfterWireRoundTrip) {

@@ -2,6 +2,7 @@
 
 #include <csignal>
 #include <filesystem>
+#include <map>
 #include <random>
 #include <sched.h>
 #include <thread>
@@ -12,6 +13,8 @@
 
 #include "gateway/gateway.h"
 #include "master/session.h"
+#include "master/sync_command.h"
+#include "sync/ignore.h"
 #include "xspec/xspec.h"
 
 namespace dtest {
@@ -50,6 +53,53 @@ int cmd_spec(const std::vector<std::string>& specs, std::ostream& out, std::ostr
   return kExitOk;
 }
 
+std::string cache_dir() {
+  if (const char* d = std::getenv("DTEST_CACHE_DIR"); d && *d) return d;
+  if (const char* h = std::getenv("HOME"); h && *h) return std::string(h) + "/.cache/dtest";
+  return {};
+}
+
+// --rsyncdir roots: absolute, normalised, existing directories with distinct
+// basenames (each becomes <workdir>/<basename> on the other side).
+std::vector<std::string> check_roots(const std::vector<std::string>& dirs, std::vector<std::string>& errors) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> roots;
+  std::map<std::string, std::string> by_name;
+  for (const auto& d : dirs) {
+    std::error_code ec;
+    fs::path p = fs::absolute(d, ec).lexically_normal();
+    if (p.has_parent_path() && p.filename().empty()) p = p.parent_path();  // "dir/" -> "dir"
+    if (!fs::is_directory(p, ec)) {
+      errors.push_back("--rsyncdir " + d + ": not a directory");
+      continue;
+    }
+    const std::string name = p.filename().string();
+    if (name.empty() || p == p.root_path()) {
+      errors.push_back("--rsyncdir " + d + ": cannot sync the file system root");
+      continue;
+    }
+    if (auto it = by_name.find(name); it != by_name.end()) {
+      errors.push_back("--rsyncdir " + d + ": same name '" + name + "' as --rsyncdir " + it->second +
+                       " (both would land in <workdir>/" + name + ")");
+      continue;
+    }
+    by_name[name] = d;
+    roots.push_back(p.string());
+  }
+  return roots;
+}
+
+std::vector<std::string> ignore_patterns(const std::vector<std::string>& extra, std::vector<std::string>& errors) {
+  std::vector<std::string> all = sync::IgnoreRules::defaults();
+  all.insert(all.end(), extra.begin(), extra.end());
+  try {
+    sync::IgnoreRules check(all);
+  } catch (const std::invalid_argument& e) {
+    errors.push_back(std::string("--rsyncignore: ") + e.what());
+  }
+  return all;
+}
+
 }  // namespace
 
 int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
@@ -63,6 +113,7 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
   std::string junitxml;
   bool continue_on_errors = false;
   double hello_timeout = 30;
+  std::vector<std::string> rsyncdirs, rsyncignore;
 
   app.add_option("binaries", binaries, "GoogleTest binaries to run");
   app.add_option("-n,--numprocesses", numprocesses, "number of local workers, or 'auto' (one per CPU); means --tx N*popen");
@@ -77,9 +128,22 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
                "run the tests that were collected even if some binaries failed to list");
   app.add_option("--gateway-timeout", hello_timeout, "seconds for a gateway's agent to say hello (default 30)");
 
+  app.add_option("--rsyncdir", rsyncdirs,
+                 "directory to mirror into each remote gateway's work dir (as <workdir>/<basename>), repeatable")
+      ->allow_extra_args(false);
+  app.add_option("--rsyncignore", rsyncignore, "gitignore-style pattern to leave out of --rsyncdir trees, repeatable")
+      ->allow_extra_args(false);
+
   auto* spec_cmd = app.add_subcommand("spec", "parse xspecs and print them as JSON");
   std::vector<std::string> spec_args;
   spec_cmd->add_option("specs", spec_args, "xspecs")->required();
+
+  auto* sync_cmd = app.add_subcommand("sync", "mirror directories to gateways' work dirs and report what moved");
+  std::vector<std::string> sync_tx, sync_dirs, sync_ignore;
+  sync_cmd->add_option("--tx", sync_tx, "gateway xspec, repeatable")->required()->allow_extra_args(false);
+  sync_cmd->add_option("--rsyncignore", sync_ignore, "gitignore-style pattern to leave out, repeatable")
+      ->allow_extra_args(false);
+  sync_cmd->add_option("dirs", sync_dirs, "directories to mirror")->required();
 
   try {
     app.parse(argc, argv);
@@ -94,6 +158,22 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
     return kExitUsageError;
   }
   if (*spec_cmd) return cmd_spec(spec_args, out, err);
+  if (*sync_cmd) {
+    std::vector<std::string> errs;
+    SyncCommandOptions so;
+    so.specs = xspec::parse_all(sync_tx, errs);
+    so.roots = check_roots(sync_dirs, errs);
+    so.ignore = ignore_patterns(sync_ignore, errs);
+    so.cache_dir = cache_dir();
+    if (!so.cache_dir.empty()) so.cache_dir += "/sync";
+    for (const auto& e : errs) err << "dtest: error: " << e << "\n";
+    if (!errs.empty()) return kExitUsageError;
+    gateway::OpenOptions gopts;
+    gopts.default_agent = gateway::default_agent_path();
+    std::signal(SIGPIPE, SIG_IGN);
+    return run_sync_command(
+        so, [gopts](const xspec::Spec& s, const std::string&) { return gateway::open(s, gopts); }, out, err);
+  }
 
   std::vector<std::string> errors;
   std::vector<std::string> spec_texts;
@@ -127,6 +207,10 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
   errors.insert(errors.end(), spec_errors.begin(), spec_errors.end());
 
   RunOptions opts;
+  opts.rsyncdirs = check_roots(rsyncdirs, errors);
+  opts.rsyncignore = ignore_patterns(rsyncignore, errors);
+  opts.sync_cache_dir = cache_dir();
+  if (!opts.sync_cache_dir.empty()) opts.sync_cache_dir += "/sync";
   namespace fs = std::filesystem;
   if (binaries.empty()) errors.push_back("no test binaries given (usage: dtest [options] BINARY...)");
   for (const auto& b : binaries) {

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <condition_variable>
 #include <deque>
+#include <future>
 #include <map>
 #include <mutex>
 #include <set>
@@ -17,6 +18,7 @@
 
 #include "common/message.h"
 #include "master/junit_reporter.h"
+#include "sync/sender.h"
 #include "master/scheduler.h"
 #include "master/terminal_reporter.h"
 
@@ -29,13 +31,51 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 struct Event {
-  enum class Kind { opened, message, closed, failed };
+  // synced: a sync thread finished (error empty) or failed.
+  enum class Kind { opened, message, closed, failed, synced };
   Event(int s, Kind k, std::string err = {}) : slot(s), kind(k), error(std::move(err)) {}
-  Event(int s, Message m) : slot(s), kind(Kind::message), msg(std::move(m)) {}
+  Event(int s, Message m, std::size_t w) : slot(s), kind(Kind::message), msg(std::move(m)), wire(w) {}
   int slot;
   Kind kind;
   Message msg;
   std::string error;
+  std::size_t wire = 0;  // the message's size on the wire
+  std::shared_ptr<sync::SyncStats> stats;
+};
+
+// The sync_* messages of the gateway running a sync, handed from the main
+// thread to the sync thread. Closing it makes the sync thread give up.
+class SyncInbox {
+ public:
+  void push(Message m, std::size_t wire) {
+    {
+      std::lock_guard lock(mu_);
+      q_.emplace_back(std::move(m), wire);
+    }
+    cv_.notify_one();
+  }
+  void close(const std::string& why) {
+    {
+      std::lock_guard lock(mu_);
+      if (closed_.empty()) closed_ = why.empty() ? "closed" : why;
+    }
+    cv_.notify_one();
+  }
+  Message pop(std::size_t& wire) {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return !q_.empty() || !closed_.empty(); });
+    if (q_.empty()) throw sync::SyncError(closed_);
+    auto [m, w] = std::move(q_.front());
+    q_.pop_front();
+    wire = w;
+    return m;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::pair<Message, std::size_t>> q_;
+  std::string closed_;
 };
 
 class EventQueue {
@@ -61,7 +101,9 @@ class EventQueue {
   std::deque<Event> q_;
 };
 
-enum class SlotState { opening, awaiting_hello, ready, dead };
+// syncing: said hello; its host's copy of the --rsyncdir roots is being
+// brought up to date (by this gateway or another one to the same place).
+enum class SlotState { opening, awaiting_hello, syncing, ready, dead };
 
 struct Slot {
   GatewayInfo info;
@@ -75,6 +117,18 @@ struct Slot {
   Clock::time_point started;
   std::int64_t batch = 0;  // session batch id in flight, 0 if idle
   int unit = -1;
+  int sync = -1;           // index of its sync target, -1: nothing to sync
+};
+
+// One place the roots are synced to (a host and work dir), shared by the
+// gateways that run there; synced once, by one of them.
+struct SyncTarget {
+  std::string key;
+  std::vector<int> slots;
+  int runner = -1;  // the slot whose agent is receiving
+  bool done = false, failed = false;
+  std::shared_ptr<SyncInbox> inbox;
+  std::thread thread;
 };
 
 struct CollectGroup {
@@ -92,7 +146,7 @@ struct CollectGroup {
 struct UnitState {
   std::unique_ptr<Scheduler> sched;
   std::vector<int> workers;
-  std::vector<std::string> paths;  // per binary index: path sent to agents
+  std::vector<std::string> paths;  // per binary index: the local path (messages); agents get path_for()
   std::vector<int> binary_of;      // per test
 };
 
@@ -102,6 +156,15 @@ struct InFlight {
   std::int64_t sched_batch = 0;
   std::vector<int> tests;  // test indices, in the order sent (the wire's batch index)
 };
+
+// Where a gateway's agent works: gateways with equal keys share one copy of
+// the synced roots. A popen gateway without chdir works here: no sync.
+std::string sync_key_of(const xspec::Spec& s) {
+  const auto type = s.type();
+  const auto chdir = s.get("chdir");
+  if (type == "popen" && !chdir) return {};
+  return type + "=" + s.get(type).value_or("") + "//chdir=" + chdir.value_or("");
+}
 
 std::string group_key_of(const xspec::Spec& s) {
   std::string key;
@@ -124,6 +187,8 @@ struct Session::Impl {
   std::vector<std::unique_ptr<Slot>> slots;
   std::vector<GatewayInfo> infos;
   std::vector<CollectGroup> groups;
+  std::vector<SyncTarget> sync_targets;
+  std::shared_future<std::vector<std::shared_ptr<const sync::LocalRoot>>> local_roots;
   std::vector<Unit> units;
   std::vector<UnitState> ustate;
   std::map<std::int64_t, InFlight> inflight;
@@ -148,8 +213,13 @@ struct Session::Impl {
   void start_slots();
   void reader_main(int i);
   void handle(Event& e);
-  void on_message(int i, const Message& m);
+  void on_message(int i, const Message& m, std::size_t wire);
   void on_hello(int i, const Message& m);
+  void slot_ready(int i);
+  void start_sync(SyncTarget& t, int i);
+  void on_synced(Event& e);
+  void stop_syncs();
+  std::string path_for(int slot, std::size_t binary) const;
   void on_collected(int i, const Message& m);
   void on_events(int i, const Message& m);
   void on_batch_done(int i, const Message& m);
@@ -203,8 +273,128 @@ void Session::Impl::start_slots() {
     }
     it->slots.push_back(static_cast<int>(i));
   }
+  // Sync targets, and the one scan of the local roots they share (it runs
+  // while the gateways come up).
+  if (!opts.rsyncdirs.empty()) {
+    for (std::size_t i = 0; i < slots.size(); ++i) {
+      const std::string key = sync_key_of(slots[i]->spec);
+      if (key.empty()) continue;
+      auto it = std::find_if(sync_targets.begin(), sync_targets.end(),
+                             [&](const SyncTarget& t) { return t.key == key; });
+      if (it == sync_targets.end()) {
+        sync_targets.emplace_back();
+        sync_targets.back().key = key;
+        it = sync_targets.end() - 1;
+      }
+      it->slots.push_back(static_cast<int>(i));
+      slots[i]->sync = static_cast<int>(it - sync_targets.begin());
+    }
+    if (!sync_targets.empty()) {
+      auto dirs = opts.rsyncdirs;
+      auto ignore = opts.rsyncignore;
+      auto cache = opts.sync_cache_dir;
+      local_roots = std::async(std::launch::async, [dirs, ignore, cache] {
+                      std::vector<std::shared_ptr<const sync::LocalRoot>> roots;
+                      for (const auto& d : dirs)
+                        roots.push_back(std::make_shared<const sync::LocalRoot>(
+                            sync::scan_local_root(d, ignore, cache)));
+                      return roots;
+                    }).share();
+    }
+  }
   for (std::size_t i = 0; i < slots.size(); ++i)
     slots[i]->reader = std::thread([this, i] { reader_main(static_cast<int>(i)); });
+}
+
+std::string Session::Impl::path_for(int slot, std::size_t binary) const {
+  const std::string& p = opts.binary_paths[binary];
+  if (slots[static_cast<std::size_t>(slot)]->sync < 0) return p;
+  // A binary inside a synced root runs from the agent's copy of that root.
+  for (const auto& root : opts.rsyncdirs) {
+    if (p.size() > root.size() + 1 && p.compare(0, root.size(), root) == 0 && p[root.size()] == '/') {
+      const auto slash = root.find_last_of('/');
+      const std::string name = slash == std::string::npos ? root : root.substr(slash + 1);
+      return name + "/" + p.substr(root.size() + 1);
+    }
+  }
+  return p;
+}
+
+void Session::Impl::start_sync(SyncTarget& t, int i) {
+  auto& s = *slots[static_cast<std::size_t>(i)];
+  t.runner = i;
+  t.inbox = std::make_shared<SyncInbox>();
+  if (t.thread.joinable()) t.thread.join();
+  trace("{} syncs {} root(s) to {}", s.info.id, opts.rsyncdirs.size(), t.key);
+  gateway::Gateway* gw = s.gw.get();
+  t.thread = std::thread([this, i, gw, inbox = t.inbox] {
+    Event done(i, Event::Kind::synced);
+    try {
+      const auto& roots = local_roots.get();
+      sync::SyncLink link;
+      link.send = [gw](const Message& m) {
+        Frame f = encode_message(m);
+        const std::size_t n = f.payload.size() + kFrameHeaderSize;
+        gw->send(f);
+        return n;
+      };
+      link.receive = [inbox](std::size_t& wire) { return inbox->pop(wire); };
+      done.stats = std::make_shared<sync::SyncStats>(sync::sync_roots(link, roots, opts.rsyncignore));
+    } catch (const std::exception& e) {
+      done.error = e.what();
+      if (done.error.empty()) done.error = "sync failed";
+    }
+    events.push(std::move(done));
+  });
+}
+
+void Session::Impl::on_synced(Event& e) {
+  auto& s = *slots[static_cast<std::size_t>(e.slot)];
+  if (s.sync < 0) return;
+  auto& t = sync_targets[static_cast<std::size_t>(s.sync)];
+  if (t.runner != e.slot) return;
+  if (t.thread.joinable()) t.thread.join();
+  t.runner = -1;
+  t.inbox.reset();
+  if (e.error.empty() && e.stats) {
+    t.done = true;
+    const auto& st = *e.stats;
+    trace("{} synced: {} whole, {} delta, {} deleted, {} B out, {} B in", s.info.id, st.whole_files,
+          st.delta_files, st.deleted, st.bytes_out, st.bytes_in);
+    reporter.detail(fmt::format("[{}] rsync: {} entries, {} file(s) sent ({} as deltas), {} deleted; {} bytes on the wire",
+                                s.info.id, st.files, st.whole_files + st.delta_files, st.delta_files, st.deleted,
+                                st.bytes_out + st.bytes_in));
+    for (const auto& w : st.warnings) reporter.warning(fmt::format("[{}] rsync: {}", s.info.id, w));
+    for (int j : t.slots)
+      if (slots[static_cast<std::size_t>(j)]->state == SlotState::syncing) {
+        slots[static_cast<std::size_t>(j)]->state = SlotState::ready;
+        slot_ready(j);
+      }
+    return;
+  }
+  if (s.state == SlotState::dead) {
+    // The link went while syncing: another gateway to the same place takes over.
+    for (int j : t.slots)
+      if (slots[static_cast<std::size_t>(j)]->state == SlotState::syncing) return start_sync(t, j);
+    return;
+  }
+  t.failed = true;
+  for (int j : t.slots)
+    if (slots[static_cast<std::size_t>(j)]->state == SlotState::syncing)
+      slot_down(j, "rsync failed: " + e.error);
+}
+
+void Session::Impl::stop_syncs() {
+  for (auto& t : sync_targets) {
+    if (!t.thread.joinable()) continue;
+    if (t.inbox) t.inbox->close("interrupted");
+    {
+      auto& s = *slots[static_cast<std::size_t>(t.runner)];
+      std::lock_guard lock(s.gw_mu);
+      if (s.gw) s.gw->terminate();
+    }
+    t.thread.join();
+  }
 }
 
 void Session::Impl::reader_main(int i) {
@@ -229,7 +419,7 @@ void Session::Impl::reader_main(int i) {
       } catch (const ProtocolError& e) {
         throw ProtocolError(std::string("bad message from the agent: ") + e.what());
       }
-      events.push(Event(i, std::move(m)));
+      events.push(Event(i, std::move(m), f->payload.size() + kFrameHeaderSize));
     }
     events.push(Event(i, Event::Kind::closed, "the agent closed the connection"));
   } catch (const ProtocolError& e) {
@@ -253,6 +443,10 @@ void Session::Impl::slot_down(int i, const std::string& why) {
   const bool was_up = s.state == SlotState::ready;
   s.state = SlotState::dead;
   s.info.error = why;
+  if (s.sync >= 0) {
+    auto& t = sync_targets[static_cast<std::size_t>(s.sync)];
+    if (t.runner == i && t.inbox) t.inbox->close("the gateway was lost during the sync: " + why);
+  }
   {
     std::lock_guard lock(s.gw_mu);
     s.abandoned = true;
@@ -298,7 +492,7 @@ void Session::Impl::handle(Event& e) {
     case Event::Kind::message:
       if (s.state == SlotState::dead) return;
       try {
-        on_message(e.slot, e.msg);
+        on_message(e.slot, e.msg, e.wire);
       } catch (const ProtocolError& err) {
         slot_down(e.slot, std::string("protocol error: ") + err.what());
       } catch (const nlohmann::json::exception& err) {
@@ -311,14 +505,25 @@ void Session::Impl::handle(Event& e) {
     case Event::Kind::failed:
       slot_down(e.slot, e.error);
       return;
+    case Event::Kind::synced:
+      on_synced(e);
+      return;
   }
 }
 
-void Session::Impl::on_message(int i, const Message& m) {
+void Session::Impl::on_message(int i, const Message& m, std::size_t wire) {
   auto& s = *slots[static_cast<std::size_t>(i)];
   if (s.state == SlotState::awaiting_hello && m.kind != MsgKind::hello)
     throw ProtocolError("expected a hello first, got " + std::string(to_string(m.kind)));
   switch (m.kind) {
+    case MsgKind::sync_state:
+    case MsgKind::sync_sigs:
+    case MsgKind::sync_done:
+      if (s.state != SlotState::syncing || s.sync < 0 ||
+          sync_targets[static_cast<std::size_t>(s.sync)].runner != i)
+        throw ProtocolError("unexpected " + std::string(to_string(m.kind)) + " message from the agent");
+      sync_targets[static_cast<std::size_t>(s.sync)].inbox->push(m, wire);
+      return;
     case MsgKind::hello: return on_hello(i, m);
     case MsgKind::collected: return on_collected(i, m);
     case MsgKind::events: return on_events(i, m);
@@ -341,8 +546,19 @@ void Session::Impl::on_hello(int i, const Message& m) {
   s.info.hello = m.body;
   s.info.up = true;
   trace("{} hello", s.info.id);
-  s.state = SlotState::ready;
   reporter.gateway_up(s.info);
+  if (s.sync >= 0 && !sync_targets[static_cast<std::size_t>(s.sync)].done) {
+    auto& t = sync_targets[static_cast<std::size_t>(s.sync)];
+    s.state = SlotState::syncing;
+    if (t.runner < 0) start_sync(t, i);
+    return;
+  }
+  s.state = SlotState::ready;
+  slot_ready(i);
+}
+
+void Session::Impl::slot_ready(int i) {
+  auto& s = *slots[static_cast<std::size_t>(i)];
   for (auto& g : groups)
     if (!g.done && g.asked < 0 && std::find(g.slots.begin(), g.slots.end(), i) != g.slots.end())
       ask_collect(g);
@@ -359,7 +575,9 @@ void Session::Impl::ask_collect(CollectGroup& g) {
   for (int i : g.slots) {
     if (slots[static_cast<std::size_t>(i)]->state != SlotState::ready) continue;
     g.asked = i;
-    nlohmann::json bins = opts.binary_paths;
+    nlohmann::json bins = nlohmann::json::array();
+    for (std::size_t b = 0; b < opts.binary_paths.size(); ++b) bins.push_back(path_for(i, b));
+    trace("{} collects {}", slots[static_cast<std::size_t>(i)]->info.id, bins.dump());
     send(i, MsgKind::collect, {{"id", 1}, {"suite", {{"kind", "gtest"}, {"binaries", bins}}}});
     return;
   }
@@ -579,7 +797,7 @@ void Session::Impl::dispatch() {
     nlohmann::json run = {
         {"batch", id},
         {"kind", "gtest"},
-        {"binary", us.paths[static_cast<std::size_t>(b->group)]},
+        {"binary", path_for(static_cast<int>(i), static_cast<std::size_t>(b->group))},
         {"tests", std::move(names)},
         {"env",
          {{"DTEST_WORKER", s.info.id}, {"DTEST_WORKER_COUNT", workers}, {"DTEST_TESTRUNUID", opts.testrunuid}}}};
@@ -715,6 +933,7 @@ void Session::Impl::interrupt(const std::string& why) {
 }
 
 void Session::Impl::shutdown() {
+  stop_syncs();
   // Ask every agent to stop (it kills its tests), then wait for them in
   // parallel-ish: closing first lets all of them wind down at once.
   for (std::size_t i = 0; i < slots.size(); ++i) {

@@ -31,6 +31,11 @@ struct RunOptions {
   std::string testrunuid;
   bool continue_on_collection_errors = false;
   double hello_timeout = 30;              // seconds for an agent to say hello
+  // --rsyncdir: absolute, normalised roots, mirrored into the work dir of
+  // every gateway that is not a plain local popen (once per host and dir).
+  std::vector<std::string> rsyncdirs;
+  std::vector<std::string> rsyncignore;   // the full pattern list, defaults first
+  std::string sync_cache_dir;             // the local stat caches; empty: none
 };
 
 using GatewayFactory =

@@ -30,6 +30,8 @@ class TerminalReporter {
   void collected(std::size_t tests, std::size_t binaries, std::size_t units);
   void collection_errors(const std::vector<std::string>& errors);
   void warning(const std::string& text);
+  // A line of its own at -v (what a sync moved, say).
+  void detail(const std::string& text);
   void set_total(std::size_t total) { total_ = total; }
   void result(const Unit& unit, const TestCase& t, const TestResult& r);
   // Failure sections, short summary and the closing line.

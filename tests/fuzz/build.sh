@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# Builds the wire-protocol fuzzer (libFuzzer + ASan + UBSan) and runs it.
-#   tests/fuzz/build.sh [SECONDS]      default 60
+# Builds the libFuzzer targets (libFuzzer + ASan + UBSan) and runs them:
+#   frame  the wire protocol: FrameDecoder + decode_message (frame_fuzz.cc)
+#   delta  the delta syncer: decode_signature + DeltaApplier (delta_fuzz.cc)
+#   tests/fuzz/build.sh [SECONDS]      default 60, for each target
 # Env: FUZZ_OUT      build/run directory (default: build-fuzz/ in the repo)
+#      FUZZ_TARGETS  which targets to build and run (default: "frame delta")
 #      CXX           clang++ with libFuzzer (default: clang++)
 #      SKIP_KNOWN=1  steer around the already-reported bugs (see frame_fuzz.cc)
 #      FUZZ_ARGS     extra libFuzzer flags (e.g. "-jobs=4 -workers=4")
+# The frame target keeps its corpus in corpus/ and seeds/, the delta target in
+# delta-corpus/ and delta-seeds/; crashes land in artifacts/ (delta-crash-...
+# for the delta target).
 set -euo pipefail
 
 seconds="${1:-60}"
@@ -12,29 +18,53 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 out="${FUZZ_OUT:-$repo/build-fuzz}"
 cxx="${CXX:-clang++}"
-src=(src/common/frame.cc src/common/message.cc)
+targets="${FUZZ_TARGETS:-frame delta}"
+frame_src=(src/common/frame.cc src/common/message.cc)
+delta_src=(sync/delta.cc)
 
 defs=()
 if [[ "${SKIP_KNOWN:-0}" == 1 ]]; then defs+=(-DDTEST_FUZZ_SKIP_KNOWN_BUGS); fi
 
-mkdir -p "$out/corpus" "$out/seeds" "$out/artifacts"
+mkdir -p "$out/artifacts"
 cd "$repo"
 
-# Seed writer: plain build, no fuzzer runtime.
-"$cxx" -std=c++20 -O1 -g -I"$repo/src" -DDTEST_FUZZ_SEED_MAIN \
-  tests/fuzz/frame_fuzz.cc "${src[@]}" -lzstd -o "$out/frame_fuzz_seeds"
-"$out/frame_fuzz_seeds" "$out/seeds"
+# Where each target keeps its corpus, seeds and crashes (frame: as it always did).
+paths() {
+  if [[ "$1" == frame ]]; then
+    corpus="$out/corpus"; seeds="$out/seeds"; prefix="$out/artifacts/"
+  else
+    corpus="$out/$1-corpus"; seeds="$out/$1-seeds"; prefix="$out/artifacts/$1-"
+  fi
+}
 
-# The fuzzer itself.
-"$cxx" -std=c++20 -O1 -g -fno-omit-frame-pointer \
-  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-  -I"$repo/src" "${defs[@]}" \
-  tests/fuzz/frame_fuzz.cc "${src[@]}" -lzstd -o "$out/frame_fuzz"
+for target in $targets; do
+  case "$target" in
+    frame) src=("${frame_src[@]}"); libs=(-lzstd) ;;
+    delta) src=("${delta_src[@]}"); libs=() ;;
+    *) echo "unknown fuzz target: $target (frame, delta)" >&2; exit 2 ;;
+  esac
+  paths "$target"
+  mkdir -p "$corpus" "$seeds"
 
-echo "== fuzzing for ${seconds}s (corpus: $out/corpus, crashes: $out/artifacts/)"
-# shellcheck disable=SC2086
-UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-"$out/frame_fuzz" -max_len=4096 -max_total_time="$seconds" -timeout=20 \
-  -rss_limit_mb=4096 -print_final_stats=1 \
-  -artifact_prefix="$out/artifacts/" ${FUZZ_ARGS:-} \
-  "$out/corpus" "$out/seeds"
+  # Seed writer: plain build, no fuzzer runtime.
+  "$cxx" -std=c++20 -O1 -g -I"$repo/src" -I"$repo" -DDTEST_FUZZ_SEED_MAIN \
+    "tests/fuzz/${target}_fuzz.cc" "${src[@]}" "${libs[@]}" -o "$out/${target}_fuzz_seeds"
+  "$out/${target}_fuzz_seeds" "$seeds"
+
+  # The fuzzer itself.
+  "$cxx" -std=c++20 -O1 -g -fno-omit-frame-pointer \
+    -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+    -I"$repo/src" -I"$repo" "${defs[@]}" \
+    "tests/fuzz/${target}_fuzz.cc" "${src[@]}" "${libs[@]}" -o "$out/${target}_fuzz"
+done
+
+for target in $targets; do
+  paths "$target"
+  echo "== fuzzing $target for ${seconds}s (corpus: $corpus, crashes: ${prefix}crash-*)"
+  # shellcheck disable=SC2086
+  UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+  "$out/${target}_fuzz" -max_len=4096 -max_total_time="$seconds" -timeout=20 \
+    -rss_limit_mb=4096 -print_final_stats=1 \
+    -artifact_prefix="$prefix" ${FUZZ_ARGS:-} \
+    "$corpus" "$seeds"
+done
