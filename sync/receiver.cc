@@ -278,8 +278,19 @@ void Receiver::data(Root& r, const Message& m) {
             throw SyncError("sync: a delta for '" + r.cur_path + "', whose signature was not asked for");
           r.basis = r.safe->open_basis(rec.path);
           auto* w = r.writer.get();
-          r.applier = std::make_unique<DeltaApplier>(r.basis.data(), bs->second,
-                                                     [w](std::string_view piece) { w->write(piece); }, rec.size);
+          const std::string_view base = r.basis.data();
+          const int base_fd = r.basis.fd();
+          // Copies of basis blocks arrive as views into the mapping: those
+          // are copied in the kernel; literals are written.
+          r.applier = std::make_unique<DeltaApplier>(
+              base, bs->second,
+              [w, base, base_fd](std::string_view piece) {
+                if (!base.empty() && piece.data() >= base.data() && piece.data() < base.data() + base.size())
+                  w->copy_from(base_fd, static_cast<std::uint64_t>(piece.data() - base.data()), piece);
+                else
+                  w->write(piece);
+              },
+              rec.size);
         }
       } catch (const std::exception& e) {
         r.error(e.what());

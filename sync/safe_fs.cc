@@ -242,24 +242,29 @@ void SafeRoot::set_meta(std::string_view rel, bool exec, std::int64_t mtime_ns) 
 
 // --- Basis ---------------------------------------------------------------
 
-SafeRoot::Basis::Basis(Basis&& o) noexcept : map_(o.map_), size_(o.size_) {
+SafeRoot::Basis::Basis(Basis&& o) noexcept : map_(o.map_), size_(o.size_), fd_(o.fd_) {
   o.map_ = nullptr;
   o.size_ = 0;
+  o.fd_ = -1;
 }
 
 SafeRoot::Basis& SafeRoot::Basis::operator=(Basis&& o) noexcept {
   if (this != &o) {
     if (map_) munmap(map_, size_);
+    if (fd_ >= 0) ::close(fd_);
     map_ = o.map_;
     size_ = o.size_;
+    fd_ = o.fd_;
     o.map_ = nullptr;
     o.size_ = 0;
+    o.fd_ = -1;
   }
   return *this;
 }
 
 SafeRoot::Basis::~Basis() {
   if (map_) munmap(map_, size_);
+  if (fd_ >= 0) ::close(fd_);
 }
 
 SafeRoot::Basis SafeRoot::open_basis(std::string_view rel) {
@@ -281,6 +286,8 @@ SafeRoot::Basis SafeRoot::open_basis(std::string_view rel) {
   if (m == MAP_FAILED) fail_errno(rel, "cannot map", errno);
   b.map_ = m;
   b.size_ = static_cast<std::size_t>(st.st_size);
+  b.fd_ = guard.fd;
+  guard.fd = -1;  // the Basis owns it now
   return b;
 }
 
@@ -345,6 +352,32 @@ void SafeRoot::Writer::write(std::string_view bytes) {
   }
   std::memcpy(s.buf.get() + s.buffered, bytes.data(), bytes.size());
   s.buffered += bytes.size();
+}
+
+void SafeRoot::Writer::copy_from(int src_fd, std::uint64_t offset, std::string_view bytes) {
+  State& s = *s_;
+  if (s.finished) fail(s.rel, "write after commit or failure");
+  if (bytes.size() > s.max_size - size_) {
+    s.abandon();
+    fail(s.rel, "more than the announced " + std::to_string(s.max_size) + " bytes");
+  }
+  if (bytes.size() < kWriteBuf / 4 || src_fd < 0) return write(bytes);
+  s.flush();
+  XXH3_128bits_update(&s.hash, bytes.data(), bytes.size());
+  auto off = static_cast<off64_t>(offset);
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::copy_file_range(src_fd, &off, s.fd, nullptr, bytes.size() - done, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;  // EXDEV, ENOSYS, EINVAL, a short file: write the rest
+    done += static_cast<std::size_t>(n);
+  }
+  size_ += done;
+  if (done < bytes.size()) {
+    // Not hashed twice: put() writes without hashing.
+    s.put(bytes.data() + done, bytes.size() - done);
+    size_ += bytes.size() - done;
+  }
 }
 
 void SafeRoot::Writer::commit(const Hash128& hash, bool exec, std::int64_t mtime_ns) {

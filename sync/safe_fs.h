@@ -54,10 +54,12 @@ class SafeRoot {
     Basis& operator=(Basis&&) noexcept;
     ~Basis();
     std::string_view data() const { return {static_cast<const char*>(map_), size_}; }
+    int fd() const { return fd_; }  // open while the Basis lives (-1 for an empty file)
    private:
     friend class SafeRoot;
     void* map_ = nullptr;
     std::size_t size_ = 0;
+    int fd_ = -1;
   };
   Basis open_basis(std::string_view rel);
 
@@ -66,6 +68,11 @@ class SafeRoot {
    public:
     ~Writer();  // abandons (unlinks the temp file) unless committed
     void write(std::string_view bytes);
+    // Appends `bytes`, which are the contents of `src_fd` at `offset` (a span
+    // of a mapped basis): copied in the kernel (copy_file_range: no trip
+    // through user space, a reflink where the file system shares extents),
+    // hashed from the mapping. Falls back to write().
+    void copy_from(int src_fd, std::uint64_t offset, std::string_view bytes);
     std::uint64_t size() const { return size_; }
     // Checks size and XXH3-128 of what was written against `hash`, sets
     // mode (exec) and mtime, renames over the target (replacing a file or

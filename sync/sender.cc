@@ -239,7 +239,13 @@ class Session {
     r.exec = (s.st_mode & 0111) != 0;
     r.size = data.size();
     r.mtime_ns = ns(s.st_mtim);
-    r.hash = hash_bytes(data);
+    // The scan hashed it; unless it changed since, do not hash 100 MB again.
+    const Entry* e = root.manifest.find(path);
+    if (e && e->type == EntryType::file && e->size == data.size() && e->mtime_ns == ns(s.st_mtim) &&
+        e->ino == static_cast<std::uint64_t>(s.st_ino) && e->ctime_ns == ns(s.st_ctim))
+      r.hash = e->hash;
+    else
+      r.hash = hash_bytes(data);
     // Hold each piece back one step so the last one can carry `last`.
     std::string held;
     bool have = false, first = true;
