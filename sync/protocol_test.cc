@@ -7,6 +7,7 @@
 
 #include <cstdlib>
 #include <deque>
+#include <future>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -70,8 +71,13 @@ class SyncProtocol : public ::testing::Test {
   }
 
   // One sync of src_ into base_/proj through a fresh Receiver (a fresh agent).
-  SyncStats sync() {
-    auto root = std::make_shared<const LocalRoot>(scan_local_root(src_.string(), ignore(), cache_));
+  // `overlap`: the local scan is not done when the sync starts (a deferred
+  // future), so the agent scans at the same time and answers with a digest.
+  SyncStats sync(bool overlap = false) {
+    std::shared_future<LocalRoots> roots = std::async(overlap ? std::launch::deferred : std::launch::async, [&] {
+      return LocalRoots{std::make_shared<const LocalRoot>(scan_local_root(src_.string(), ignore(), cache_))};
+    }).share();
+    if (!overlap) roots.wait();
     std::deque<std::pair<Message, std::size_t>> to_master;
     Receiver recv([&](MsgKind k, nlohmann::json b) {
       Frame f = encode_message({k, std::move(b)});
@@ -92,7 +98,7 @@ class SyncProtocol : public ::testing::Test {
       wire = n;
       return m;
     };
-    auto st = sync_roots(link, {root}, ignore());
+    auto st = sync_roots(link, {src_.string()}, roots, ignore());
     EXPECT_TRUE(to_master.empty()) << "the receiver sent more than was read";
     return st;
   }
@@ -119,6 +125,22 @@ TEST_F(SyncProtocol, FirstSyncThenNoChangeIsOneRoundTrip) {
   EXPECT_FALSE(st.changed());
   EXPECT_EQ(st.round_trips, 1u);
   EXPECT_EQ(st.whole_files, 0u);
+}
+
+TEST_F(SyncProtocol, OverlappedScansCostOneRoundTripWhenNothingChanged) {
+  put(src_ / "a.txt", "alpha");
+  put(src_ / "d/b.txt", "beta");
+  auto st = sync(true);  // digests differ: the manifest is fetched
+  EXPECT_EQ(st.whole_files, 2u);
+  EXPECT_EQ(st.round_trips, 3u);  // digest, fetch, plan..done
+  EXPECT_EQ(describe_tree(src_), describe_tree(dst()));
+  st = sync(true);
+  EXPECT_FALSE(st.changed());
+  EXPECT_EQ(st.round_trips, 1u);
+  put(src_ / "d/b.txt", "beta 2");
+  st = sync(true);
+  EXPECT_EQ(st.whole_files, 1u);
+  EXPECT_EQ(describe_tree(src_), describe_tree(dst()));
 }
 
 TEST_F(SyncProtocol, ModifyAddDeleteChmodTypeChanges) {

@@ -87,6 +87,7 @@ struct Receiver::Root {
   std::map<std::string, std::uint32_t> block_size;  // files whose signature was sent
   std::vector<std::string> errors;
   std::vector<std::string> retry;
+  bool fetchable = false;  // its manifest was not sent yet (sync_fetch sends it)
   // The file being received.
   std::string cur_path;
   bool cur_skip = false;
@@ -121,7 +122,21 @@ void Receiver::handle(const Message& m) {
   switch (m.kind) {
     case MsgKind::sync_plan: return plan(r, m);
     case MsgKind::sync_data: return data(r, m);
-    case MsgKind::sync_end: return end(r, id, m);
+    case MsgKind::sync_fetch: {
+      if (!r.fetchable) throw ProtocolError("sync_fetch for sync " + std::to_string(id) + ": already sent");
+      r.fetchable = false;
+      Manifest mf;
+      mf.entries.reserve(r.entries.size());
+      for (const auto& [p, e] : r.entries) mf.entries.push_back(e);
+      send_(MsgKind::sync_state, {{"sync", id}, {"current", false}, {"manifest", bin(encode_manifest(mf))}});
+      return;
+    }
+    case MsgKind::sync_end:
+      if (auto c = m.body.find("current"); c != m.body.end() && c->is_boolean() && c->get<bool>()) {
+        roots_.erase(id);  // the digests matched: nothing to do, nothing to say
+        return;
+      }
+      return end(r, id, m);
     default:
       throw ProtocolError("unexpected " + std::string(to_string(m.kind)) + " message from the master");
   }
@@ -130,7 +145,10 @@ void Receiver::handle(const Message& m) {
 void Receiver::begin(const Message& m) {
   const std::int64_t id = get_int(m, "sync");
   const std::string name = get_string(m, "name");
-  const Hash128 digest = to_hash(get_bytes(m, "digest"), "sync_begin message");
+  // Without the sender's digest (it is still scanning), answer with ours and
+  // wait for sync_fetch or sync_end.
+  std::optional<Hash128> digest;
+  if (m.body.contains("digest")) digest = to_hash(get_bytes(m, "digest"), "sync_begin message");
   std::vector<std::string> patterns;
   for (const auto& p : list_field(m, "ignore")) patterns.push_back(str_at(p, "sync_begin ignore list"));
   auto fail = [&](const std::string& why) {
@@ -156,12 +174,19 @@ void Receiver::begin(const Message& m) {
   } catch (const std::exception& e) {
     return fail(e.what());
   }
-  if (scan.manifest.digest() == digest) {
+  const Hash128 mine = scan.manifest.digest();
+  if (!digest) {
+    send_(MsgKind::sync_state, {{"sync", id},
+                                {"current", false},
+                                {"digest", nlohmann::json::binary(std::vector<std::uint8_t>(mine.begin(), mine.end()))}});
+    r->fetchable = true;
+  } else if (mine == *digest) {
     send_(MsgKind::sync_state, {{"sync", id}, {"current", true}});
     return;
+  } else {
+    send_(MsgKind::sync_state,
+          {{"sync", id}, {"current", false}, {"manifest", bin(encode_manifest(scan.manifest))}});
   }
-  send_(MsgKind::sync_state,
-        {{"sync", id}, {"current", false}, {"manifest", bin(encode_manifest(scan.manifest))}});
   for (auto& e : scan.manifest.entries) {
     std::string p = e.path;
     r->entries.emplace(std::move(p), std::move(e));

@@ -289,13 +289,17 @@ std::string join_errors(const nlohmann::json& errors) {
 
 }  // namespace
 
+std::string root_name(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
 LocalRoot scan_local_root(const std::string& path, const std::vector<std::string>& ignore,
                           const std::string& cache_dir) {
   const auto t0 = std::chrono::steady_clock::now();
   LocalRoot root;
   root.path = path;
-  auto slash = path.find_last_of('/');
-  root.name = slash == std::string::npos ? path : path.substr(slash + 1);
+  root.name = root_name(path);
   IgnoreRules rules(ignore);
   ScanOptions so;
   so.ignore = &rules;
@@ -316,24 +320,35 @@ LocalRoot scan_local_root(const std::string& path, const std::vector<std::string
   return root;
 }
 
-SyncStats sync_roots(SyncLink& link, const std::vector<std::shared_ptr<const LocalRoot>>& roots,
-                     const std::vector<std::string>& ignore) {
+SyncStats sync_roots(SyncLink& link, const LocalRoots& roots, const std::vector<std::string>& ignore) {
+  std::promise<LocalRoots> p;
+  p.set_value(roots);
+  std::vector<std::string> paths;
+  for (const auto& r : roots) paths.push_back(r->path);
+  return sync_roots(link, paths, p.get_future().share(), ignore);
+}
+
+SyncStats sync_roots(SyncLink& link, const std::vector<std::string>& paths,
+                     const std::shared_future<LocalRoots>& scanned, const std::vector<std::string>& ignore) {
   SyncStats st;
   Session s(link, st);
   nlohmann::json ign = ignore;
-  for (std::size_t k = 0; k < roots.size(); ++k) {
-    const auto& root = *roots[k];
-    st.files += root.manifest.entries.size();
-    s.send(MsgKind::sync_begin, {{"sync", static_cast<std::int64_t>(k + 1)},
-                                 {"name", root.name},
-                                 {"ignore", ign},
-                                 {"digest", nlohmann::json::binary(std::vector<std::uint8_t>(
-                                                root.digest.begin(), root.digest.end()))}});
+  auto bin16 = [](const Hash128& h) { return nlohmann::json::binary(std::vector<std::uint8_t>(h.begin(), h.end())); };
+  // The local scan done already: send our digests (the agent answers
+  // "current" or its manifest). Still scanning: let the agent scan too.
+  const bool have_digests = scanned.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+  for (std::size_t k = 0; k < paths.size(); ++k) {
+    nlohmann::json begin = {{"sync", static_cast<std::int64_t>(k + 1)}, {"name", root_name(paths[k])}, {"ignore", ign}};
+    if (have_digests) begin["digest"] = bin16(scanned.get()[k]->digest);
+    s.send(MsgKind::sync_begin, std::move(begin));
   }
+  const LocalRoots& roots = scanned.get();
+  if (roots.size() != paths.size()) throw SyncError("internal: scanned roots do not match the paths");
   st.round_trips = roots.empty() ? 0 : 1;
   for (std::size_t k = 0; k < roots.size(); ++k) {
     const auto& root = *roots[k];
     const auto id = static_cast<std::int64_t>(k + 1);
+    st.files += root.manifest.entries.size();
     s.set_id(id);
     Message state = s.receive(id, MsgKind::sync_state);
     if (auto e = state.body.find("error"); e != state.body.end())
@@ -342,6 +357,16 @@ SyncStats sync_roots(SyncLink& link, const std::vector<std::shared_ptr<const Loc
     const auto& cur = field(state, "current");
     if (!cur.is_boolean()) throw ProtocolError("sync_state message: 'current' is not a boolean");
     if (cur.get<bool>()) continue;
+    if (state.body.contains("digest")) {
+      const auto theirs = get_bytes(state, "digest");
+      if (theirs.size() == 16 && std::memcmp(theirs.data(), root.digest.data(), 16) == 0) {
+        s.send(MsgKind::sync_end, {{"sync", id}, {"digest", bin16(root.digest)}, {"current", true}});
+        continue;
+      }
+      s.send(MsgKind::sync_fetch, {{"sync", id}});
+      ++st.round_trips;
+      state = s.receive(id, MsgKind::sync_state);
+    }
     Manifest remote;
     try {
       remote = decode_manifest(get_bytes(state, "manifest"));

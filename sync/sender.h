@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <memory>
 #include <string>
 #include <vector>
@@ -58,9 +59,20 @@ struct SyncLink {
   std::function<Message(std::size_t& wire_bytes)> receive;
 };
 
-// Syncs every root to the agent. Throws SyncError when the agent reports a
-// failure (its messages, first ones first) or answers out of turn.
-SyncStats sync_roots(SyncLink& link, const std::vector<std::shared_ptr<const LocalRoot>>& roots,
-                     const std::vector<std::string>& ignore);
+using LocalRoots = std::vector<std::shared_ptr<const LocalRoot>>;
+
+// The name a root gets on the other side: its basename.
+std::string root_name(const std::string& path);
+
+// Syncs every root to the agent. `roots` may still be scanning: then the
+// agent is asked to scan its copies at the same time, answers with its
+// digests, and only a root whose digests differ costs a second round trip
+// (sync_fetch) before the plan. `paths` are the roots' paths, in order.
+// Throws SyncError when the agent reports a failure (its messages, first
+// ones first) or answers out of turn.
+SyncStats sync_roots(SyncLink& link, const std::vector<std::string>& paths,
+                     const std::shared_future<LocalRoots>& roots, const std::vector<std::string>& ignore);
+// The same with roots already scanned.
+SyncStats sync_roots(SyncLink& link, const LocalRoots& roots, const std::vector<std::string>& ignore);
 
 }  // namespace dtest::sync

@@ -317,6 +317,7 @@ void Agent::dispatch(const Message& m) {
     case MsgKind::sync_plan:
     case MsgKind::sync_data:
     case MsgKind::sync_end:
+    case MsgKind::sync_fetch:
       receiver_.handle(m);
       return;
     default:

@@ -23,6 +23,7 @@ std::string_view to_string(MsgKind k) {
     case MsgKind::sync_sigs: return "sync_sigs";
     case MsgKind::sync_end: return "sync_end";
     case MsgKind::sync_done: return "sync_done";
+    case MsgKind::sync_fetch: return "sync_fetch";
   }
   return "unknown";
 }

@@ -32,8 +32,9 @@ enum class MsgKind : std::uint8_t {
   sync_sigs = 13,    // agent -> master: block signatures of the requested files
   sync_end = 14,     // master -> agent: the sender's digest; finish the root
   sync_done = 15,    // agent -> master: the root's outcome (ok, digest, retries, errors)
+  sync_fetch = 16,   // master -> agent: send the manifest (after a sync_begin without digest)
 };
-inline constexpr MsgKind kLastMsgKind = MsgKind::sync_done;
+inline constexpr MsgKind kLastMsgKind = MsgKind::sync_fetch;
 
 std::string_view to_string(MsgKind k);
 

@@ -86,7 +86,8 @@ const std::vector<MsgKind> kAllKinds = {MsgKind::hello,   MsgKind::collect,    M
                                         MsgKind::run,     MsgKind::events,     MsgKind::batch_done,
                                         MsgKind::log,     MsgKind::shutdown,   MsgKind::sync_begin,
                                         MsgKind::sync_state, MsgKind::sync_plan, MsgKind::sync_data,
-                                        MsgKind::sync_sigs, MsgKind::sync_end,  MsgKind::sync_done};
+                                        MsgKind::sync_sigs, MsgKind::sync_end,  MsgKind::sync_done,
+                                        MsgKind::sync_fetch};
 
 // A plausible body for each kind (the codec does not look at fields, but
 // exercising realistic shapes catches CBOR type-mapping surprises).
@@ -130,6 +131,8 @@ json sample_body(MsgKind k) {
       return {{"sync", 1}, {"digest", json::binary(std::vector<std::uint8_t>(16, 0xAB))}};
     case MsgKind::sync_done:
       return {{"sync", 1}, {"ok", true}, {"retry", json::array()}, {"errors", json::array()}};
+    case MsgKind::sync_fetch:
+      return {{"sync", 1}};
   }
   return json::object();
 }
@@ -266,8 +269,8 @@ TEST(DecodeMessage, UnknownKind) {
             "unknown message kind 200");
   EXPECT_EQ(protocol_error([] { decode_message(raw_frame(0, cbor(json::object()))); }),
             "unknown message kind 0");
-  EXPECT_EQ(protocol_error([] { decode_message(raw_frame(16, cbor(json::object()))); }),
-            "unknown message kind 16");
+  EXPECT_EQ(protocol_error([] { decode_message(raw_frame(17, cbor(json::object()))); }),
+            "unknown message kind 17");
   EXPECT_EQ(protocol_error([] { decode_message(raw_frame(255, "")); }),
             "unknown message kind 255");
 }

@@ -188,7 +188,7 @@ struct Session::Impl {
   std::vector<GatewayInfo> infos;
   std::vector<CollectGroup> groups;
   std::vector<SyncTarget> sync_targets;
-  std::shared_future<std::vector<std::shared_ptr<const sync::LocalRoot>>> local_roots;
+  std::shared_future<sync::LocalRoots> local_roots;
   std::vector<Unit> units;
   std::vector<UnitState> ustate;
   std::map<std::int64_t, InFlight> inflight;
@@ -330,7 +330,6 @@ void Session::Impl::start_sync(SyncTarget& t, int i) {
   t.thread = std::thread([this, i, gw, inbox = t.inbox] {
     Event done(i, Event::Kind::synced);
     try {
-      const auto& roots = local_roots.get();
       sync::SyncLink link;
       link.send = [gw](const Message& m) {
         Frame f = encode_message(m);
@@ -339,7 +338,7 @@ void Session::Impl::start_sync(SyncTarget& t, int i) {
         return n;
       };
       link.receive = [inbox](std::size_t& wire) { return inbox->pop(wire); };
-      done.stats = std::make_shared<sync::SyncStats>(sync::sync_roots(link, roots, opts.rsyncignore));
+      done.stats = std::make_shared<sync::SyncStats>(sync::sync_roots(link, opts.rsyncdirs, local_roots, opts.rsyncignore));
     } catch (const std::exception& e) {
       done.error = e.what();
       if (done.error.empty()) done.error = "sync failed";

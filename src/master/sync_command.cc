@@ -75,7 +75,6 @@ int run_sync_command(const SyncCommandOptions& opts, const GatewayFactory& facto
         Message h = decode_message(*hello);
         if (h.kind != MsgKind::hello) throw ProtocolError("expected a hello first");
         if (get_int(h, "proto") != kProtocolVersion) throw ProtocolError("the agent speaks another protocol version");
-        const auto& rs = roots.get();
         sync::SyncLink link;
         link.send = [&](const Message& m) {
           Frame f = encode_message(m);
@@ -97,13 +96,13 @@ int run_sync_command(const SyncCommandOptions& opts, const GatewayFactory& facto
             return m;
           }
         };
-        const auto st = sync::sync_roots(link, rs, opts.ignore);
+        const auto st = sync::sync_roots(link, opts.roots, roots, opts.ignore);
         const double secs = std::chrono::duration<double>(Clock::now() - start).count();
         place.ok = true;
         place.line = fmt::format(
             "{} ({}): {} entries in {} root(s); {} files sent ({} as deltas, {} of file data), {} deleted, "
             "{} dirs, {} links, {} metadata; wire: {} B out, {} B in, {} round trip(s); {:.3f} s",
-            place.id, place.spec.original, st.files, rs.size(), st.whole_files + st.delta_files, st.delta_files,
+            place.id, place.spec.original, st.files, opts.roots.size(), st.whole_files + st.delta_files, st.delta_files,
             human_bytes(st.file_bytes), st.deleted, st.dirs, st.links, st.meta, st.bytes_out, st.bytes_in, st.round_trips, secs);
         for (const auto& w : st.warnings) place.line += fmt::format("\n  warning: {}", w);
         gw->send(encode_message({MsgKind::shutdown, nlohmann::json::object()}));
