@@ -213,6 +213,33 @@ TEST_F(SyncE2E, PopenWithoutChdirDoesNotSync) {
   EXPECT_TRUE(contains(s.out, "nothing to sync")) << s.out;
 }
 
+TEST_F(SyncE2E, SeveralPlacesSyncConcurrentlyFromOneScan) {
+  make_tree();
+  const fs::path r1 = tmp_ / "r1", r2 = tmp_ / "r2";
+  const ProcResult r = dtest({"sync", "--tx", "popen//chdir=" + r1.string(), "--tx", "2*popen//chdir=" + r2.string(),
+                              src_.string()});
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_EQ(count(r.out, "files sent"), 2) << r.out;  // two places, the second one named twice
+  EXPECT_EQ(describe_tree(src_, {".git", "pkg/__pycache__"}), describe_tree(r1 / "src"));
+  EXPECT_EQ(describe_tree(r1 / "src"), describe_tree(r2 / "src"));
+}
+
+TEST_F(SyncE2E, AFailedSyncTakesOnlyThatPlaceOut) {
+  fs::create_directories(src_ / "bin");
+  fs::copy_file(kPass, src_ / "bin/fx_pass_test");
+  put(src_ / "x", "a file here");
+  // On the receiver "x" is a directory that keeps an ignored file: it cannot
+  // be replaced by the file.
+  put(remote_ / "src/x/keep.pyc", "ignored, left alone");
+  const ProcResult r = dtest({"-v", "--tx", "popen//chdir=" + remote_.string(), "--tx", "popen", "--rsyncdir",
+                              src_.string(), (src_ / "bin/fx_pass_test").string()});
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_TRUE(contains(r.out, "[gw0] gateway failed")) << r.out;
+  EXPECT_TRUE(contains(r.out, "rsync failed: 'src': ")) << r.out;
+  EXPECT_EQ(count(r.out, "[gw1] ["), 31) << r.out;  // every test ran on the other gateway (3 are disabled)
+  EXPECT_EQ(read_file((remote_ / "src/x/keep.pyc").string()), "ignored, left alone");
+}
+
 TEST_F(SyncE2E, FilesChangingDuringTheScanDoNotBreakTheSync) {
   for (int i = 0; i < 2000; ++i) put(src_ / ("stable/f" + std::to_string(i)), std::to_string(i));
   std::atomic<bool> stop{false};
