@@ -13,6 +13,7 @@
 #include "sync/ignore.h"
 #include "sync/safe_fs.h"
 #include "sync/tree.h"
+#include "sync/watch.h"
 #include "sync/wire.h"
 
 namespace dtest::sync {
@@ -108,7 +109,8 @@ struct Receiver::Root {
   }
 };
 
-Receiver::Receiver(Send send, std::string base_dir) : send_(std::move(send)), base_(std::move(base_dir)) {}
+Receiver::Receiver(Send send, std::string base_dir, WatchOptions watch)
+    : send_(std::move(send)), base_(std::move(base_dir)), watch_(std::move(watch)) {}
 Receiver::~Receiver() = default;
 
 void Receiver::handle(const Message& m) {
@@ -170,7 +172,8 @@ void Receiver::begin(const Message& m) {
     ScanOptions so;
     so.ignore = &r->ignore;
     so.cache_path = r->cache_path;
-    scan = scan_tree(r->dest, so);
+    ::mkdir((base_ + "/.dtest-sync").c_str(), 0755);
+    scan = scan_tree_watched(r->dest, so, patterns, watch_).scan;
   } catch (const std::exception& e) {
     return fail(e.what());
   }

@@ -12,13 +12,16 @@
 #include <nlohmann/json.hpp>
 
 #include "common/message.h"
+#include "sync/watch.h"
 
 namespace dtest::sync {
 
 class Receiver {
  public:
   using Send = std::function<void(MsgKind, nlohmann::json)>;
-  Receiver(Send send, std::string base_dir);
+  // `watch`: tree watchers for the roots (the agent passes its own binary
+  // and the environment's settings; off by default).
+  Receiver(Send send, std::string base_dir, WatchOptions watch = WatchOptions{false, {}, 0});
   ~Receiver();
   Receiver(const Receiver&) = delete;
   Receiver& operator=(const Receiver&) = delete;
@@ -36,6 +39,7 @@ class Receiver {
   void end(Root& r, std::int64_t id, const Message& m);
   Send send_;
   std::string base_;
+  WatchOptions watch_;
   std::map<std::int64_t, std::unique_ptr<Root>> roots_;
 };
 

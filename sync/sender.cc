@@ -295,7 +295,7 @@ std::string root_name(const std::string& path) {
 }
 
 LocalRoot scan_local_root(const std::string& path, const std::vector<std::string>& ignore,
-                          const std::string& cache_dir) {
+                          const std::string& cache_dir, const WatchOptions& watch) {
   const auto t0 = std::chrono::steady_clock::now();
   LocalRoot root;
   root.path = path;
@@ -311,7 +311,10 @@ LocalRoot scan_local_root(const std::string& path, const std::vector<std::string
                   static_cast<unsigned long long>(XXH3_64bits(key.data(), key.size())));
     so.cache_path = cache_dir + "/" + name;
   }
-  ScanResult r = scan_tree(path, so);
+  WatchedScan ws = so.cache_path.empty() ? WatchedScan{scan_tree(path, so), false}
+                                         : scan_tree_watched(path, so, ignore, watch);
+  ScanResult& r = ws.scan;
+  root.from_watcher = ws.from_watcher;
   root.manifest = std::move(r.manifest);
   root.digest = root.manifest.digest();
   root.warnings = std::move(r.warnings);

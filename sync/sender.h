@@ -18,6 +18,7 @@
 
 #include "common/message.h"
 #include "sync/tree.h"
+#include "sync/watch.h"
 
 namespace dtest::sync {
 
@@ -30,12 +31,14 @@ struct LocalRoot {
   std::vector<std::string> warnings;  // from the scan
   std::size_t hashed_files = 0;
   double scan_seconds = 0;
+  bool from_watcher = false;  // unchanged since the last scan: no walk (sync/watch.h)
 };
 
 // Scans `path` (absolute) with `ignore` (the full pattern list, defaults
-// included), using the stat cache in `cache_dir` (empty: none).
+// included), using the stat cache in `cache_dir` (empty: none) and, when
+// `watch` is enabled, a watcher (sync/watch.h).
 LocalRoot scan_local_root(const std::string& path, const std::vector<std::string>& ignore,
-                          const std::string& cache_dir);
+                          const std::string& cache_dir, const WatchOptions& watch = WatchOptions{false, {}, 0});
 
 struct SyncStats {
   std::size_t files = 0;         // entries in the local roots

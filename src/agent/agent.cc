@@ -84,7 +84,10 @@ nlohmann::json hello_body() {
 class Agent {
  public:
   Agent(int in_fd, int out_fd)
-      : in_(in_fd), out_(out_fd), receiver_([this](MsgKind k, nlohmann::json b) { send(k, std::move(b)); }, cwd()) {}
+      : in_(in_fd),
+        out_(out_fd),
+        receiver_([this](MsgKind k, nlohmann::json b) { send(k, std::move(b)); }, cwd(),
+                  sync::watch_options_from_env(self_exe())) {}
   int run();
 
  private:
@@ -101,6 +104,12 @@ class Agent {
   void flush_events();
   void kill_all();
 
+  // This agent's binary, by its real path: it also runs the tree watchers.
+  static std::string self_exe() {
+    char buf[4096];
+    const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+    return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
+  }
   static std::string cwd() {
     char buf[4096] = {};
     return ::getcwd(buf, sizeof buf) ? std::string(buf) : std::string(".");

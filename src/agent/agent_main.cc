@@ -6,11 +6,13 @@
 #include <exception>
 #include <fcntl.h>
 #include <string>
+#include <vector>
 #include <unistd.h>
 
 #include "agent/agent.h"
 #include "agent/listen.h"
 #include "common/auth.h"
+#include "sync/watch.h"
 
 namespace {
 
@@ -19,7 +21,9 @@ int usage() {
                "usage: dtest-agent   (started by dtest; speaks its protocol on stdin/stdout)\n"
                "       dtest-agent --listen HOST:PORT [--token-file PATH] [--port-file PATH]\n"
                "         HOST is an IPv4 address, [IPv6] or localhost (no name lookup);\n"
-               "         the token comes from --token-file, else $DTEST_TOKEN, else $DTEST_TOKEN_FILE\n");
+               "         the token comes from --token-file, else $DTEST_TOKEN, else $DTEST_TOKEN_FILE\n"
+               "       dtest-agent --watch ROOT [--idle SECONDS] [--ignore PATTERN]...\n"
+               "         (started by dtest: watches a synced tree so unchanged re-syncs skip the walk)\n");
   return 4;
 }
 
@@ -71,6 +75,27 @@ int listen_main(int argc, char** argv) {
   return dtest::listen::serve(opts);
 }
 
+int watch_args(int argc, char** argv) {
+  std::string root;
+  int idle = 600;
+  std::vector<std::string> ignore;
+  for (int i = 2; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (i == 2) {
+      root = a;
+    } else if (a == "--idle" && i + 1 < argc) {
+      idle = std::atoi(argv[++i]);
+    } else if (a == "--ignore" && i + 1 < argc) {
+      ignore.push_back(argv[++i]);
+    } else {
+      std::fprintf(stderr, "dtest-agent: unknown option '%s'\n", a.c_str());
+      return usage();
+    }
+  }
+  if (root.empty() || idle <= 0) return usage();
+  return dtest::sync::watch_main(root, ignore, idle);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -78,6 +103,7 @@ int main(int argc, char** argv) {
     std::printf("dtest-agent %s\n", DTEST_VERSION);
     return 0;
   }
+  if (argc > 2 && std::strcmp(argv[1], "--watch") == 0) return watch_args(argc, argv);
   if (argc > 1 && std::strncmp(argv[1], "--", 2) == 0 && std::strcmp(argv[1], "--help") != 0)
     return listen_main(argc, argv);
   if (argc > 1) return usage();

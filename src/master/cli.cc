@@ -170,6 +170,7 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
     if (!errs.empty()) return kExitUsageError;
     gateway::OpenOptions gopts;
     gopts.default_agent = gateway::default_agent_path();
+    so.agent = gopts.default_agent;
     std::signal(SIGPIPE, SIG_IGN);
     return run_sync_command(
         so, [gopts](const xspec::Spec& s, const std::string&) { return gateway::open(s, gopts); }, out, err);

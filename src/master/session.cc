@@ -293,11 +293,12 @@ void Session::Impl::start_slots() {
       auto dirs = opts.rsyncdirs;
       auto ignore = opts.rsyncignore;
       auto cache = opts.sync_cache_dir;
-      local_roots = std::async(std::launch::async, [dirs, ignore, cache] {
+      auto watch = sync::watch_options_from_env(gateway::default_agent_path());
+      local_roots = std::async(std::launch::async, [dirs, ignore, cache, watch] {
                       std::vector<std::shared_ptr<const sync::LocalRoot>> roots;
                       for (const auto& d : dirs)
                         roots.push_back(std::make_shared<const sync::LocalRoot>(
-                            sync::scan_local_root(d, ignore, cache)));
+                            sync::scan_local_root(d, ignore, cache, watch)));
                       return roots;
                     }).share();
     }

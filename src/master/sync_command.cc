@@ -56,7 +56,8 @@ int run_sync_command(const SyncCommandOptions& opts, const GatewayFactory& facto
   auto roots_future = std::async(std::launch::async, [&] {
     std::vector<std::shared_ptr<const sync::LocalRoot>> roots;
     for (const auto& d : opts.roots)
-      roots.push_back(std::make_shared<const sync::LocalRoot>(sync::scan_local_root(d, opts.ignore, opts.cache_dir)));
+      roots.push_back(std::make_shared<const sync::LocalRoot>(
+          sync::scan_local_root(d, opts.ignore, opts.cache_dir, sync::watch_options_from_env(opts.agent))));
     return roots;
   });
   std::shared_future<std::vector<std::shared_ptr<const sync::LocalRoot>>> roots = roots_future.share();

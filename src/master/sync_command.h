@@ -14,6 +14,7 @@ struct SyncCommandOptions {
   std::vector<std::string> roots;   // absolute, normalised
   std::vector<std::string> ignore;  // the full pattern list
   std::string cache_dir;
+  std::string agent;  // the local dtest-agent (it also runs the tree watchers)
 };
 
 // Syncs the roots to every distinct place the specs name (once per host and
