@@ -6,8 +6,10 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <ostream>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "common/frame.h"
 #include "xspec/xspec.h"
@@ -51,6 +53,22 @@ std::unique_ptr<Gateway> open(const xspec::Spec& spec, const OpenOptions& opts);
 
 // The dtest-agent beside the running executable (or $DTEST_AGENT).
 std::string default_agent_path();
+
+// Warm ssh connections (docs/ssh.md, "Warm connections"): a dtest run leaves
+// each ssh target's connection to a small background process of `exe` (the
+// dtest binary, started as `dtest __ssh-holder ...`) that the next runs
+// reuse until it has been idle for DTEST_SSH_PERSIST seconds (default 600;
+// 0 turns warm connections off). Without this call (a program that only
+// links the gateways) ssh gateways connect in-process.
+void enable_warm_connections(const std::string& exe);
+
+// Closes the warm connections whose target matches one of `ssh_targets`
+// ("[user@]host[:port]" or an ssh= value; the host as written or as
+// resolved), or all of them when it is empty. Idle ones end at once; one
+// whose channels are in use by a running dtest stops taking new ones and
+// ends with its last channel. Reports each to `out`; returns 0, or 1 if the
+// control directory cannot be used.
+int close_warm_connections(const std::vector<std::string>& ssh_targets, std::ostream& out);
 
 // For transports that end in a file descriptor: blocks until `decoder` holds
 // a whole frame, reading `fd` as needed. Returns nullopt at EOF (then

@@ -32,6 +32,7 @@
 #include <xxhash.h>
 
 #include "common/fdio.h"
+#include "gateway/ssh_internal.h"
 
 namespace dtest::gateway {
 
@@ -224,6 +225,7 @@ std::string file_hash(const std::string& path) {
 namespace {
 
 using ssh_detail::shell_quote;
+using namespace ssh_internal;
 using Clock = std::chrono::steady_clock;
 
 std::string local_user() {
@@ -261,14 +263,6 @@ bool valid_env_name(const std::string& n) {
                      [](unsigned char c) { return std::isalnum(c) || c == '_'; });
 }
 
-struct SessionDeleter {
-  void operator()(ssh_session s) const {
-    if (ssh_is_connected(s)) ssh_disconnect(s);
-    ssh_free(s);
-  }
-};
-using SessionPtr = std::unique_ptr<std::remove_pointer_t<ssh_session>, SessionDeleter>;
-
 struct ChannelDeleter {
   void operator()(ssh_channel c) const {
     if (ssh_channel_is_open(c)) ssh_channel_close(c);
@@ -286,12 +280,6 @@ struct CommandResult {
   std::string out, err;
 };
 
-// A failure of one step, without the "ssh gateway 'SPEC' (where): " prefix
-// (each gateway adds its own).
-class Cause : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
 // The server refused another session (channel) on a connection that has
 // some already: OpenSSH's MaxSessions (default 10). The gateway retries on
 // another connection to the same host.
@@ -300,39 +288,31 @@ class Refused : public Cause {
   using Cause::Cause;
 };
 
-// What a gateway and its connection's pump share about one agent channel.
-struct ChanState {
-  std::mutex mu;  // guards what follows
-  std::condition_variable cv;
-  bool done = false;  // the pump has let go of the channel; the socketpair end is closed
-  std::optional<int> exit_status;
-  std::string exit_signal;
-  std::string err_tail;  // the agent's stderr, last 8 KiB
-  std::string error;     // why the channel ended abnormally (connection lost ...)
-  std::atomic<bool> stop{false};  // terminate(): the pump closes the channel
-};
-
 // A gateway's request for an agent channel, answered by the pump.
 struct OpenCmd {
   // in
-  std::string agent_path;
-  bool explicit_agent = false;
-  std::string script_prefix;  // "d=... && cd "$d" && exec [env ...] [nice -n N]"; the agent's path follows
+  OpenRequest req;
+  int ctl_fd = -1;  // the holder: the client's control socket (the pump takes it over on success)
+  bool on_warm = false;  // queued on a connection that was up already
   // out (under Connection::mu_)
-  enum class Status { pending, ok, failed, refused } status = Status::pending;
+  // refused: the connection is full; stale: a connection that was up has
+  // died (the holder's warm connection). Both are retried elsewhere.
+  enum class Status { pending, ok, failed, refused, stale } status = Status::pending;
   std::string cause;
-  int fd = -1;  // the gateway's end of the socketpair
+  int fd = -1;  // the gateway's end of the socketpair (-1 with ctl_fd: sent to the client)
   std::shared_ptr<ChanState> state;
 };
 
-// A session with its options applied but not connected, and what identifies
-// it for sharing.
-struct Prepared {
-  SessionPtr session;
-  std::string host, user, where, key;
-  unsigned port = 22;
-  bool accept_new = false;
-};
+// Holder processes keep their connections up without channels.
+std::atomic<bool> g_persist{false};
+std::atomic<int> g_notify_fd{-1};
+
+void notify_holder() {
+  const int fd = g_notify_fd.load();
+  if (fd < 0) return;
+  const uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = ::write(fd, &one, sizeof one);
+}
 
 // One libssh session shared by every gateway to the same connection
 // parameters (like OpenSSH's ControlMaster). Its pump thread makes every
@@ -374,6 +354,7 @@ class Connection {
     {
       std::lock_guard lock(mu_);
       if (closed_ || full_) return false;
+      c->on_warm = established_;
       queue_.push_back(c);
     }
     wake();
@@ -384,6 +365,8 @@ class Connection {
     std::lock_guard lock(mu_);
     return !closed_;
   }
+
+  int channels() const { return nchans_.load(); }
 
   void wait_answer(const std::shared_ptr<OpenCmd>& c) {
     std::unique_lock lock(mu_);
@@ -404,6 +387,13 @@ class Connection {
     std::string to_chan, to_sock, error;
     bool sock_eof = false, eof_sent = false, out_eof = false, err_eof = false, sock_shut = false;
     std::optional<Clock::time_point> out_eof_at;
+    std::string agent_hash;  // of the agent it runs (its bootstrap entry)
+    bool* activity = nullptr;  // the connection's activity_
+    // The holder: the client's control socket (non-blocking). The channel's
+    // stderr, exit status and end go there; its EOF (or any byte) = stop.
+    int ctl = -1;
+    std::string to_ctl;
+    bool exit_sent = false;
   };
 
   static constexpr std::size_t kHigh = 1 << 20;
@@ -457,10 +447,13 @@ class Connection {
         for (auto& r : cmds) queue_.push_front(r);  // answered by fail_connection
         break;
       }
+      activity_ = false;
       for (auto it = chans_.begin(); it != chans_.end();) {
         if (step(**it, buf.data(), buf.size())) {
           finish(**it);
           it = chans_.erase(it);
+          nchans_ = static_cast<int>(chans_.size());
+          if (chans_.empty()) notify_holder();
           std::lock_guard lock(mu_);
           full_ = false;  // room for one more session again
         } else {
@@ -473,11 +466,13 @@ class Connection {
       }
       if (chans_.empty()) {
         std::lock_guard lock(mu_);
-        if (queue_.empty()) {  // the last channel is gone: end the session
+        if (!queue_.empty()) continue;
+        if (!g_persist) {  // the last channel is gone: end the session
           closed_ = true;
           break;
         }
-        continue;
+        // A holder's connection stays up without channels; the pump keeps
+        // reading the socket (keepalives, the server going away).
       }
 
       std::vector<pollfd> pfds;
@@ -488,12 +483,17 @@ class Connection {
         if (!c->sock_eof && c->to_chan.size() < kHigh) events |= POLLIN;
         if (!c->to_sock.empty()) events |= POLLOUT;
         if (events) pfds.push_back({c->fd, events, 0});
+        if (c->ctl >= 0) pfds.push_back({c->ctl, static_cast<short>(POLLIN | (c->to_ctl.empty() ? 0 : POLLOUT)), 0});
       }
-      ::poll(pfds.data(), pfds.size(), 200);
+      // A packet read during the steps above (by another channel's read or
+      // write, or a callback) may sit in a channel already served, and the
+      // socket is then no longer readable: no sleeping on it.
+      ::poll(pfds.data(), pfds.size(), activity_ ? 0 : chans_.empty() ? -1 : 200);
       // Takes whatever arrived off the socket into the channels' buffers
       // (and runs the exit-status callbacks), also for channels nobody
       // reads right now (at EOF, or their gateway is slow).
       if (event) ssh_event_dopoll(event, 0);
+      quick_ack(ssh_get_fd(s));
       if (pfds[0].revents & POLLIN) {
         uint64_t n;
         [[maybe_unused]] ssize_t r = ::read(wake_fd_, &n, sizeof n);
@@ -503,9 +503,13 @@ class Connection {
     // open still queued fails, then the session is disconnected.
     for (auto& c : chans_) {
       if (!lost.empty() && c->error.empty()) c->error = lost;
+      // Only a holder shuts a connection down under live channels (it was
+      // stopped): their gateways must not take that for a clean end.
+      if (c->error.empty() && !c->state->stop) c->error = "the connection was shut down (its holder process stopped)";
       finish(*c);
     }
     chans_.clear();
+    nchans_ = 0;
     if (event) {
       ssh_event_remove_session(event, s);
       ssh_event_free(event);
@@ -514,22 +518,31 @@ class Connection {
     session_.reset();
   }
 
-  // Marks the connection ended and fails every queued open with `cause`.
+  // Marks the connection ended and fails every queued open with `cause`
+  // (stale: retried on a new connection, if this one had been up before
+  // the open was queued).
   void fail_connection(const std::string& cause) {
-    std::lock_guard lock(mu_);
-    closed_ = true;
-    for (auto& c : queue_) {
-      c->status = OpenCmd::Status::failed;
-      c->cause = cause;
+    {
+      std::lock_guard lock(mu_);
+      closed_ = true;
+      for (auto& c : queue_) {
+        c->status = c->on_warm ? OpenCmd::Status::stale : OpenCmd::Status::failed;
+        c->cause = cause;
+      }
+      queue_.clear();
+      cv_.notify_all();
     }
-    queue_.clear();
-    cv_.notify_all();
+    notify_holder();
   }
 
   // One round of I/O between a channel and its socketpair; true when the
   // channel is finished (remote closed and all delivered, stop, error).
   bool step(Chan& c, char* buf, std::size_t bufsize) {
     if (c.state->stop) return true;
+    if (!ctl_read(c, buf, bufsize)) {  // the client terminated the gateway, or is gone
+      c.state->stop = true;
+      return true;
+    }
     ssh_channel ch = c.ch.get();
     // channel -> to_sock, stderr -> tail
     if (!c.out_eof && c.to_sock.size() < kHigh) {
@@ -552,6 +565,7 @@ class Connection {
           std::lock_guard lock(c.state->mu);
           c.state->err_tail.append(buf, static_cast<std::size_t>(n));
           if (c.state->err_tail.size() > 8192) c.state->err_tail.erase(0, c.state->err_tail.size() - 8192);
+          if (c.to_ctl.size() < kHigh) ctl_put(c, ctl::kStderr, std::string_view(buf, static_cast<std::size_t>(n)));
           continue;
         }
         if (n == SSH_EOF) c.err_eof = true;
@@ -580,9 +594,11 @@ class Connection {
       std::lock_guard lock(c.state->mu);
       has_exit = c.state->exit_status.has_value() || !c.state->exit_signal.empty();
     }
+    if (has_exit) put_exit(c);
     if (c.out_eof && !c.out_eof_at) c.out_eof_at = Clock::now();
     if (c.out_eof && c.to_sock.empty() && !c.sock_shut &&
         (has_exit || ssh_channel_is_closed(ch) || Clock::now() - *c.out_eof_at > std::chrono::seconds(2))) {
+      ctl_put(c, ctl::kEofMarker);  // what the client needs at EOF is before this
       ::shutdown(c.fd, SHUT_WR);
       c.sock_shut = true;
     }
@@ -617,8 +633,60 @@ class Connection {
       ssh_channel_send_eof(ch);
       c.eof_sent = true;
     }
+    if (!ctl_flush(c)) {
+      c.state->stop = true;
+      return true;
+    }
     // Done when the remote closed the channel and everything is delivered.
     return (ssh_channel_is_closed(ch) || (c.out_eof && c.err_eof && has_exit)) && c.to_sock.empty();
+  }
+
+  // The holder's control socket of a channel.
+  static void ctl_put(Chan& c, char type, std::string_view payload = {}) {
+    if (c.ctl >= 0) c.to_ctl += ctl::message(type, payload);
+  }
+
+  // The exit status or signal, once.
+  static void put_exit(Chan& c) {
+    if (c.ctl < 0 || c.exit_sent) return;
+    std::lock_guard lock(c.state->mu);
+    if (c.state->exit_status) {
+      const uint32_t v = static_cast<uint32_t>(*c.state->exit_status);
+      const char b[4] = {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8),
+                         static_cast<char>(v)};
+      ctl_put(c, ctl::kExitStatus, std::string_view(b, 4));
+      c.exit_sent = true;
+    } else if (!c.state->exit_signal.empty()) {
+      ctl_put(c, ctl::kExitSignal, c.state->exit_signal);
+      c.exit_sent = true;
+    }
+  }
+
+  // False when the client wants the channel stopped: EOF on the control
+  // socket (terminate(), or the client is gone) or any byte.
+  static bool ctl_read(Chan& c, char* buf, std::size_t bufsize) {
+    if (c.ctl < 0) return true;
+    for (;;) {
+      const ssize_t n = ::recv(c.ctl, buf, bufsize, MSG_DONTWAIT);
+      if (n < 0 && errno == EINTR) continue;
+      return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+    }
+  }
+
+  // False when the client is gone.
+  static bool ctl_flush(Chan& c) {
+    while (c.ctl >= 0 && !c.to_ctl.empty()) {
+      const ssize_t w = ::send(c.ctl, c.to_ctl.data(), c.to_ctl.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (w > 0) {
+        c.to_ctl.erase(0, static_cast<std::size_t>(w));
+        continue;
+      }
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
+      c.to_ctl.clear();
+      return false;
+    }
+    return true;
   }
 
   // Lets go of a channel: on stop the agent is asked to end (EOF and TERM;
@@ -639,6 +707,26 @@ class Connection {
     }
     if (c.fd >= 0) ::close(c.fd);
     c.fd = -1;
+    {
+      std::lock_guard lock(c.state->mu);
+      // An agent that is not there (any more: the remote cache was cleaned
+      // while the connection was warm) is probed for again next time.
+      if (c.state->exit_status && (*c.state->exit_status == 127 || *c.state->exit_status == 126))
+        boots_.erase(c.agent_hash);
+    }
+    if (c.ctl >= 0) {
+      put_exit(c);
+      ctl_put(c, ctl::kDone, stop ? std::string() : c.error);
+      // The client reads its control socket all the time; a short wait
+      // covers a burst of stderr still queued.
+      const auto deadline = Clock::now() + std::chrono::milliseconds(500);
+      while (!c.to_ctl.empty() && ctl_flush(c) && !c.to_ctl.empty() && Clock::now() < deadline) {
+        pollfd p{c.ctl, POLLOUT, 0};
+        ::poll(&p, 1, 50);
+      }
+      ::close(c.ctl);
+      c.ctl = -1;
+    }
     std::lock_guard lock(c.state->mu);
     if (!c.error.empty() && !stop) c.state->error = c.error;
     c.state->done = true;
@@ -650,25 +738,44 @@ class Connection {
 
   void open_channel(OpenCmd& cmd) {
     try {
-      const std::string remote_agent = bootstrap(cmd.agent_path, cmd.explicit_agent);
+      std::string hash;
+      const std::string remote_agent = bootstrap(cmd.req.agent_path, cmd.req.explicit_agent, hash);
       auto c = std::make_unique<Chan>();
+      c->agent_hash = hash;
       c->state = std::make_shared<ChanState>();
       c->ch = new_channel();
       ssh_callbacks_init(&c->callbacks);
-      c->callbacks.userdata = c->state.get();
-      c->callbacks.channel_exit_status_function = [](ssh_session, ssh_channel, int status, void* st) {
-        auto* state = static_cast<ChanState*>(st);
-        std::lock_guard lock(state->mu);
-        state->exit_status = status;
+      // The callbacks run inside whichever libssh call of the pump reads the
+      // packet (often while another channel is being served): each notes
+      // that the pump must look at the channels again before it sleeps.
+      c->activity = &activity_;
+      c->callbacks.userdata = c.get();
+      c->callbacks.channel_exit_status_function = [](ssh_session, ssh_channel, int status, void* ud) {
+        auto* ch = static_cast<Chan*>(ud);
+        *ch->activity = true;
+        std::lock_guard lock(ch->state->mu);
+        ch->state->exit_status = status;
       };
       c->callbacks.channel_exit_signal_function = [](ssh_session, ssh_channel, const char* sig, int, const char*,
-                                                     const char*, void* st) {
-        auto* state = static_cast<ChanState*>(st);
-        std::lock_guard lock(state->mu);
-        state->exit_signal = sig ? sig : "?";
+                                                     const char*, void* ud) {
+        auto* ch = static_cast<Chan*>(ud);
+        *ch->activity = true;
+        std::lock_guard lock(ch->state->mu);
+        ch->state->exit_signal = sig ? sig : "?";
+      };
+      // Data stays in the channel's buffer (0 bytes taken): a notification.
+      c->callbacks.channel_data_function = [](ssh_session, ssh_channel, void*, uint32_t, int, void* ud) -> int {
+        *static_cast<Chan*>(ud)->activity = true;
+        return 0;
+      };
+      c->callbacks.channel_eof_function = [](ssh_session, ssh_channel, void* ud) {
+        *static_cast<Chan*>(ud)->activity = true;
+      };
+      c->callbacks.channel_close_function = [](ssh_session, ssh_channel, void* ud) {
+        *static_cast<Chan*>(ud)->activity = true;
       };
       ssh_set_channel_callbacks(c->ch.get(), &c->callbacks);
-      const std::string cmdline = "/bin/sh -c " + shell_quote(cmd.script_prefix + " " + remote_agent);
+      const std::string cmdline = "/bin/sh -c " + shell_quote(cmd.req.script_prefix + " " + remote_agent);
       if (ssh_channel_request_exec(c->ch.get(), cmdline.c_str()) != SSH_OK) {
         ssh_remove_channel_callbacks(c->ch.get(), &c->callbacks);
         throw Cause("remote exec failed (" + cmdline + "): " + ssh_error());
@@ -680,11 +787,27 @@ class Connection {
       }
       set_nonblocking(sv[1], true);
       c->fd = sv[1];
+      int gateway_fd = sv[0];
+      if (cmd.ctl_fd >= 0) {
+        // The holder: the client gets its end over the control socket, and
+        // from now on hears about the channel there.
+        const bool sent = send_with_fd(cmd.ctl_fd, ctl::message(ctl::kOk), sv[0]);
+        ::close(sv[0]);
+        gateway_fd = -1;
+        if (!sent) {
+          ::close(sv[1]);
+          ssh_remove_channel_callbacks(c->ch.get(), &c->callbacks);
+          throw Cause("the client went away");
+        }
+        set_nonblocking(cmd.ctl_fd, true);
+        c->ctl = cmd.ctl_fd;
+      }
       std::lock_guard lock(mu_);
       cmd.status = OpenCmd::Status::ok;
-      cmd.fd = sv[0];
+      cmd.fd = gateway_fd;
       cmd.state = c->state;
       chans_.push_back(std::move(c));
+      nchans_ = static_cast<int>(chans_.size());
     } catch (const Refused& e) {
       std::lock_guard lock(mu_);
       // Refused on a connection that has had sessions (the agents' channels,
@@ -693,9 +816,32 @@ class Connection {
       cmd.status = sessions_opened_ == 0 ? OpenCmd::Status::failed : OpenCmd::Status::refused;
       cmd.cause = e.what();
     } catch (const std::exception& e) {
+      const bool lost = !ssh_is_connected(session_.get());
       std::lock_guard lock(mu_);
-      cmd.status = OpenCmd::Status::failed;
+      cmd.status = lost && cmd.on_warm ? OpenCmd::Status::stale : OpenCmd::Status::failed;
       cmd.cause = e.what();
+    }
+  }
+
+  // One message with a file descriptor attached (SCM_RIGHTS).
+  static bool send_with_fd(int sock, const std::string& data, int fd) {
+    iovec iov{const_cast<char*>(data.data()), data.size()};
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))] = {};
+    msghdr m{};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = cbuf;
+    m.msg_controllen = sizeof cbuf;
+    cmsghdr* cm = CMSG_FIRSTHDR(&m);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+    for (;;) {
+      const ssize_t n = ::sendmsg(sock, &m, MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n != static_cast<ssize_t>(data.size())) return false;  // a few bytes on an empty socket: all or error
+      return true;
     }
   }
 
@@ -754,8 +900,8 @@ class Connection {
 
   // Makes sure the remote has the agent (once per connection and agent);
   // returns the remote shell expression of its path.
-  std::string bootstrap(const std::string& agent_path, bool explicit_agent) {
-    const std::string hash = ssh_detail::file_hash(agent_path);
+  std::string bootstrap(const std::string& agent_path, bool explicit_agent, std::string& hash) {
+    hash = ssh_detail::file_hash(agent_path);
     const std::string rel = ".cache/dtest/agent-" + hash;
     const std::string path = "\"$HOME\"/" + rel;
     auto it = boots_.find(hash);
@@ -811,8 +957,21 @@ class Connection {
       throw Cause(cause + e);
     }
     detect_dead_links(ssh_get_fd(s));
+    quick_ack(ssh_get_fd(s));
     verify_host_key();
     authenticate();
+    std::lock_guard lock(mu_);
+    established_ = true;
+  }
+
+  // sshd runs non-interactive sessions with Nagle's algorithm on: a reply
+  // the agent writes in two pieces waits for our ACK of the first, and a
+  // delayed ACK costs 40 ms (each time: the collection, the end of a run).
+  // TCP_QUICKACK is not sticky, so the pump re-arms it after every read.
+  static void quick_ack(int fd) {
+    if (fd < 0) return;
+    const int on = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &on, sizeof on);
   }
 
   // A cut link sends no RST: without this a read would wait for ever. TCP
@@ -950,6 +1109,9 @@ class Connection {
   std::deque<std::shared_ptr<OpenCmd>> queue_;
   bool closed_ = false;    // ended (or failed): no more opens
   bool full_ = false;      // the server refused a session: opens go to another connection
+  bool established_ = false;  // connected and authenticated
+  bool activity_ = false;     // pump thread only: a channel callback ran since the last round
+  std::atomic<int> nchans_{0};  // chans_.size(), for the holder's idle check
   int sessions_opened_ = 0;  // on this connection, ever (pump thread only)
   bool shutdown_ = false;  // the last owner is gone
 };
@@ -967,7 +1129,14 @@ std::map<std::string, std::vector<std::weak_ptr<Connection>>>& registry() {
 }
 
 // Queues `cmd` on a live connection for `p.key`, or on a new one (which
-// takes over `p.session` and starts connecting).
+// takes over `p.session` and starts connecting). A holder keeps a strong
+// reference to every connection it makes.
+std::vector<std::shared_ptr<Connection>>& held() {
+  static auto* v = new std::vector<std::shared_ptr<Connection>>;
+  return *v;
+}
+int g_created = 0;  // connections made (under registry_mu)
+
 std::shared_ptr<Connection> submit_open(Prepared& p, const ssh_detail::Target& target,
                                         const std::shared_ptr<OpenCmd>& cmd) {
   std::vector<std::shared_ptr<Connection>> drop;  // released after the lock
@@ -994,9 +1163,31 @@ std::shared_ptr<Connection> submit_open(Prepared& p, const ssh_detail::Target& t
       conn->try_submit(cmd);
       conn->start();
       list.push_back(conn);
+      ++g_created;
+      if (g_persist) held().push_back(conn);
     }
   }
   return conn;
+}
+
+// In-process: terminate() = the stop flag, and the gateways own their
+// connection (the last one joins its pump).
+class ConnLink final : public Link {
+ public:
+  ConnLink(std::shared_ptr<Connection> c, std::shared_ptr<ChanState> s) : conn_(std::move(c)), state_(std::move(s)) {}
+  void stop() override {
+    state_->stop = true;
+    conn_->wake();
+  }
+
+ private:
+  std::shared_ptr<Connection> conn_;
+  std::shared_ptr<ChanState> state_;
+};
+
+std::string local_path(const std::string& p, const std::filesystem::path& base) {
+  if (p.empty() || p[0] == '/' || p[0] == '~') return p;
+  return (base / p).lexically_normal().string();
 }
 
 class SshGateway final : public Gateway {
@@ -1008,13 +1199,16 @@ class SshGateway final : public Gateway {
       throw GatewayError("ssh gateway '" + spec_ + "': " + e.what());
     }
     if (auto cfg = spec.get("ssh_config"); cfg && target_.config_file.empty()) target_.config_file = *cfg;
+    absolutize(target_);
     where_ = target_.host;
 
-    const bool explicit_agent = spec.get("agent").has_value();
-    const std::string agent_path = spec.get("agent").value_or(opts.default_agent);
+    OpenRequest req;
+    req.explicit_agent = spec.get("agent").has_value();
+    req.agent_path = spec.get("agent").value_or(opts.default_agent);
     std::error_code ec;
-    if (!std::filesystem::is_regular_file(agent_path, ec))
-      fail("agent not found: " + agent_path + " (set the agent= key to a dtest-agent for the remote host)");
+    if (!std::filesystem::is_regular_file(req.agent_path, ec))
+      fail("agent not found: " + req.agent_path + " (set the agent= key to a dtest-agent for the remote host)");
+    req.agent_path = std::filesystem::absolute(req.agent_path, ec).string();
     int nice_value = 0;
     if (auto n = spec.get("nice")) {
       try {
@@ -1027,32 +1221,33 @@ class SshGateway final : public Gateway {
     if (auto py = spec.get("python")) env["DTEST_PYTHON"] = *py;
     for (const auto& [k, v] : env)
       if (!valid_env_name(k)) fail("bad environment variable name '" + k + "'");
-    const std::string script = agent_script(spec.get("chdir"), nice_value, env);
+    req.script_prefix = agent_script(spec.get("chdir"), nice_value, env);
 
-    // A refusal (the connection has as many sessions as the server allows)
-    // moves on to another connection; a fresh connection that refuses fails.
-    for (int attempt = 0;; ++attempt) {
-      Prepared p = prepare();
-      auto cmd = std::make_shared<OpenCmd>();
-      cmd->agent_path = agent_path;
-      cmd->explicit_agent = explicit_agent;
-      cmd->script_prefix = script;
-      auto conn = submit_open(p, target_, cmd);
-      conn->wait_answer(cmd);
-      if (cmd->status == OpenCmd::Status::ok) {
-        conn_ = std::move(conn);
-        sock_ = cmd->fd;
-        state_ = cmd->state;
+    try {
+      Prepared p = prepare_session(target_, where_);
+      // A warm connection (a holder process, started if needed), else one
+      // of this process.
+      if (auto w = open_warm(target_, p.key, req)) {
+        sock_ = w->fd;
+        state_ = std::move(w->state);
+        link_ = std::move(w->link);
+        warm_ = true;
         return;
       }
-      if (cmd->status != OpenCmd::Status::refused || attempt >= 63) fail(cmd->cause);
+      OpenResult r = open_shared(target_, req, -1, &p);
+      if (!r.ok) fail(r.cause);
+      sock_ = r.fd;
+      state_ = std::move(r.state);
+      link_ = std::move(r.link);
+    } catch (const Cause& e) {
+      fail(e.what());
     }
   }
 
   ~SshGateway() override {
     terminate();
     if (sock_ >= 0) ::close(sock_);
-    conn_.reset();  // the last gateway of a connection joins its pump
+    link_.reset();  // in-process: the last gateway of a connection joins its pump
   }
 
   void send(const Frame& f) override {
@@ -1071,7 +1266,11 @@ class SshGateway final : public Gateway {
       fail(std::string("read: ") + e.what());
     }
     {
-      std::lock_guard lock(state_->mu);
+      std::unique_lock lock(state_->mu);
+      // Warm: the holder's news (exit status, stderr, error) travels on the
+      // control socket; wait for what it sent before the EOF.
+      if (warm_)
+        state_->cv.wait_for(lock, std::chrono::seconds(5), [&] { return state_->eof_marker || state_->done; });
       if (state_->done && !state_->error.empty()) fail(state_->error);
     }
     if (decoder_.buffered() > 0) throw ProtocolError("agent output ended inside a frame");
@@ -1088,10 +1287,18 @@ class SshGateway final : public Gateway {
     close();
     std::lock_guard lock(terminate_mu_);
     if (!state_ || terminated_) return;
-    state_->stop = true;
-    conn_->wake();
+    link_->stop();
     std::unique_lock l(state_->mu);
-    state_->cv.wait(l, [&] { return state_->done; });
+    if (!warm_) {
+      state_->cv.wait(l, [&] { return state_->done; });
+    } else if (!state_->cv.wait_for(l, std::chrono::seconds(10), [&] { return state_->done; })) {
+      // A holder that does not answer: let go of the channel (our control
+      // socket closes with the link, and the holder stops the channel).
+      l.unlock();
+      link_.reset();
+      l.lock();
+      state_->done = true;
+    }
     terminated_ = true;
   }
 
@@ -1156,7 +1363,8 @@ class SshGateway final : public Gateway {
       dir = "\"$HOME\"/.cache/dtest/work/" + shell_quote(local_host() + "-" + local_user()) + "/" +
             shell_quote(base.empty() ? "root" : base);
     }
-    std::string script = "d=" + dir + " && mkdir -p \"$d\" && cd \"$d\" && exec";
+    // mkdir -p (a fork and an exec, ~1 ms) only when the directory is not there yet.
+    std::string script = "d=" + dir + " && { cd \"$d\" 2>/dev/null || { mkdir -p \"$d\" && cd \"$d\"; }; } && exec";
     if (!env.empty()) {
       script += " env";
       for (const auto& [k, v] : env) script += " " + shell_quote(k + "=" + v);
@@ -1165,98 +1373,12 @@ class SshGateway final : public Gateway {
     return script;
   }
 
-  // A session with the options applied (config file, then the xspec's
-  // explicit values), not connected; and the key of the connections it may
-  // share: everything that decides where it goes and how it authenticates.
-  Prepared prepare() {
-    Prepared p;
-    p.session.reset(ssh_new());
-    if (!p.session) fail("ssh_new failed (out of memory?)");
-    ssh_session s = p.session.get();
-    auto err = [&] { return std::string(ssh_get_error(s)); };
-    int verbosity = SSH_LOG_NOLOG;
-    if (const char* v = std::getenv("DTEST_SSH_DEBUG"); v && *v) verbosity = std::atoi(v);
-    ssh_options_set(s, SSH_OPTIONS_LOG_VERBOSITY, &verbosity);
-    if (ssh_options_set(s, SSH_OPTIONS_HOST, target_.host.c_str()) != 0) fail("bad host: " + err());
-    long timeout = 30;
-    ssh_options_set(s, SSH_OPTIONS_TIMEOUT, &timeout);
-    // The config may rewrite the host (HostName), port, user, identities,
-    // known hosts; what the xspec says explicitly is applied afterwards and
-    // wins, as on OpenSSH's command line.
-    if (!target_.config_file.empty()) {
-      std::error_code ec;
-      if (!std::filesystem::exists(target_.config_file, ec)) fail("ssh config file not found: " + target_.config_file);
-      if (ssh_options_parse_config(s, target_.config_file.c_str()) != 0)
-        fail("cannot parse ssh config " + target_.config_file + ": " + err());
-    } else if (ssh_options_parse_config(s, nullptr) != 0) {
-      fail("cannot parse ~/.ssh/config or /etc/ssh/ssh_config: " + err());
-    }
-    bool no = false;
-    ssh_options_set(s, SSH_OPTIONS_PROCESS_CONFIG, &no);
-    if (target_.port) {
-      unsigned port = static_cast<unsigned>(*target_.port);
-      ssh_options_set(s, SSH_OPTIONS_PORT, &port);
-    }
-    if (!target_.user.empty()) ssh_options_set(s, SSH_OPTIONS_USER, target_.user.c_str());
-    for (const auto& id : target_.identities) {
-      std::error_code ec;
-      if (!std::filesystem::exists(id, ec)) fail("identity file not found: " + id);
-      ssh_options_set(s, SSH_OPTIONS_ADD_IDENTITY, id.c_str());
-    }
-    std::string kh = target_.known_hosts;
-    if (kh.empty())
-      if (const char* e = std::getenv("DTEST_SSH_KNOWN_HOSTS"); e && *e) kh = e;
-    if (!kh.empty()) ssh_options_set(s, SSH_OPTIONS_KNOWNHOSTS, kh.c_str());
-    if (target_.connect_timeout) {
-      long t = *target_.connect_timeout;
-      ssh_options_set(s, SSH_OPTIONS_TIMEOUT, &t);
-    }
-    const char* an = std::getenv("DTEST_SSH_ACCEPT_NEW");
-    p.accept_new = target_.strict_host_key_checking == "accept-new" || target_.strict_host_key_checking == "no" ||
-                   (an && std::string(an) == "1");
-
-    // Names for messages: what libssh will actually use.
-    char* v = nullptr;
-    if (ssh_options_get(s, SSH_OPTIONS_HOST, &v) == SSH_OK && v) {
-      p.host = v;
-      ssh_string_free_char(v);
-    } else {
-      p.host = target_.host;
-    }
-    v = nullptr;
-    if (ssh_options_get(s, SSH_OPTIONS_USER, &v) == SSH_OK && v) {
-      p.user = v;
-      ssh_string_free_char(v);
-    } else {
-      p.user = local_user();
-    }
-    std::string kh_in_effect = kh;
-    v = nullptr;
-    if (ssh_options_get(s, SSH_OPTIONS_KNOWNHOSTS, &v) == SSH_OK && v) {
-      kh_in_effect = v;
-      ssh_string_free_char(v);
-    }
-    unsigned port = 22;
-    ssh_options_get_port(s, &port);
-    p.port = port;
-    p.where = p.user + "@" + p.host + (p.port != 22 ? ":" + std::to_string(p.port) : "");
-    where_ = p.where;
-    // The name as written is part of the key: a config file may give two
-    // aliases of one host different identities or options.
-    std::string ids;
-    for (const auto& id : target_.identities) ids += id + '\x1e';
-    const std::string parts[] = {p.user, p.host, std::to_string(p.port), target_.host, target_.config_file, ids,
-                                 kh_in_effect, p.accept_new ? "accept-new" : "strict",
-                                 std::to_string(target_.connect_timeout.value_or(0))};
-    for (const auto& part : parts) p.key += part + '\x1f';
-    return p;
-  }
-
   std::string spec_;
   ssh_detail::Target target_;
   std::string where_;
-  std::shared_ptr<Connection> conn_;
+  std::unique_ptr<Link> link_;
   std::shared_ptr<ChanState> state_;
+  bool warm_ = false;
   int sock_ = -1;
   std::atomic<bool> closed_{false};
   std::mutex terminate_mu_;
@@ -1265,6 +1387,164 @@ class SshGateway final : public Gateway {
 };
 
 }  // namespace
+
+namespace ssh_internal {
+
+void absolutize(ssh_detail::Target& t) {
+  std::error_code ec;
+  const auto cwd = std::filesystem::current_path(ec);
+  if (ec) return;
+  for (auto& id : t.identities) id = local_path(id, cwd);
+  t.config_file = local_path(t.config_file, cwd);
+  t.known_hosts = local_path(t.known_hosts, cwd);
+}
+
+// A session with the options applied (config file, then the target's
+// explicit values), not connected; and the key of the connections it may
+// share: everything that decides where it goes and how it authenticates.
+Prepared prepare_session(const ssh_detail::Target& target, std::string& where) {
+  Prepared p;
+  p.session.reset(ssh_new());
+  if (!p.session) throw Cause("ssh_new failed (out of memory?)");
+  ssh_session s = p.session.get();
+  auto err = [&] { return std::string(ssh_get_error(s)); };
+  int verbosity = SSH_LOG_NOLOG;
+  if (const char* v = std::getenv("DTEST_SSH_DEBUG"); v && *v) verbosity = std::atoi(v);
+  ssh_options_set(s, SSH_OPTIONS_LOG_VERBOSITY, &verbosity);
+  if (ssh_options_set(s, SSH_OPTIONS_HOST, target.host.c_str()) != 0) throw Cause("bad host: " + err());
+  long timeout = 30;
+  ssh_options_set(s, SSH_OPTIONS_TIMEOUT, &timeout);
+  // Frames are small and latency-bound: without TCP_NODELAY a frame waits
+  // for the ACK of the previous packet, which sshd delays by up to 40 ms.
+  int nodelay = 1;
+  ssh_options_set(s, SSH_OPTIONS_NODELAY, &nodelay);
+  // The config may rewrite the host (HostName), port, user, identities,
+  // known hosts; what the xspec says explicitly is applied afterwards and
+  // wins, as on OpenSSH's command line.
+  if (!target.config_file.empty()) {
+    std::error_code ec;
+    if (!std::filesystem::exists(target.config_file, ec))
+      throw Cause("ssh config file not found: " + target.config_file);
+    if (ssh_options_parse_config(s, target.config_file.c_str()) != 0)
+      throw Cause("cannot parse ssh config " + target.config_file + ": " + err());
+  } else if (ssh_options_parse_config(s, nullptr) != 0) {
+    throw Cause("cannot parse ~/.ssh/config or /etc/ssh/ssh_config: " + err());
+  }
+  bool no = false;
+  ssh_options_set(s, SSH_OPTIONS_PROCESS_CONFIG, &no);
+  if (target.port) {
+    unsigned port = static_cast<unsigned>(*target.port);
+    ssh_options_set(s, SSH_OPTIONS_PORT, &port);
+  }
+  if (!target.user.empty()) ssh_options_set(s, SSH_OPTIONS_USER, target.user.c_str());
+  for (const auto& id : target.identities) {
+    std::error_code ec;
+    if (!std::filesystem::exists(id, ec)) throw Cause("identity file not found: " + id);
+    ssh_options_set(s, SSH_OPTIONS_ADD_IDENTITY, id.c_str());
+  }
+  std::string kh = target.known_hosts;
+  if (kh.empty())
+    if (const char* e = std::getenv("DTEST_SSH_KNOWN_HOSTS"); e && *e) kh = e;
+  if (!kh.empty()) ssh_options_set(s, SSH_OPTIONS_KNOWNHOSTS, kh.c_str());
+  if (target.connect_timeout) {
+    long t = *target.connect_timeout;
+    ssh_options_set(s, SSH_OPTIONS_TIMEOUT, &t);
+  }
+  const char* an = std::getenv("DTEST_SSH_ACCEPT_NEW");
+  p.accept_new = target.strict_host_key_checking == "accept-new" || target.strict_host_key_checking == "no" ||
+                 (an && std::string(an) == "1");
+
+  // Names for messages: what libssh will actually use.
+  char* v = nullptr;
+  if (ssh_options_get(s, SSH_OPTIONS_HOST, &v) == SSH_OK && v) {
+    p.host = v;
+    ssh_string_free_char(v);
+  } else {
+    p.host = target.host;
+  }
+  v = nullptr;
+  if (ssh_options_get(s, SSH_OPTIONS_USER, &v) == SSH_OK && v) {
+    p.user = v;
+    ssh_string_free_char(v);
+  } else {
+    p.user = local_user();
+  }
+  std::string kh_in_effect = kh;
+  v = nullptr;
+  if (ssh_options_get(s, SSH_OPTIONS_KNOWNHOSTS, &v) == SSH_OK && v) {
+    kh_in_effect = v;
+    ssh_string_free_char(v);
+  }
+  unsigned port = 22;
+  ssh_options_get_port(s, &port);
+  p.port = port;
+  p.where = p.user + "@" + p.host + (p.port != 22 ? ":" + std::to_string(p.port) : "");
+  where = p.where;
+  // The name as written is part of the key: a config file may give two
+  // aliases of one host different identities or options.
+  std::string ids;
+  for (const auto& id : target.identities) ids += id + '\x1e';
+  const std::string parts[] = {p.user, p.host, std::to_string(p.port), target.host, target.config_file, ids,
+                               kh_in_effect, p.accept_new ? "accept-new" : "strict",
+                               std::to_string(target.connect_timeout.value_or(0))};
+  for (const auto& part : parts) p.key += part + '\x1f';
+  return p;
+}
+
+OpenResult open_shared(const ssh_detail::Target& target, const OpenRequest& req, int ctl_fd, Prepared* first) {
+  // A refusal (the connection has as many sessions as the server allows)
+  // moves on to another connection; a fresh connection that refuses fails.
+  // A warm connection found dead moves on too (twice at most).
+  int stale = 0;
+  for (int attempt = 0;; ++attempt) {
+    std::string where;
+    Prepared p = first && attempt == 0 ? std::move(*first) : prepare_session(target, where);
+    auto cmd = std::make_shared<OpenCmd>();
+    cmd->req = req;
+    cmd->ctl_fd = ctl_fd;
+    auto conn = submit_open(p, target, cmd);
+    conn->wait_answer(cmd);
+    OpenResult r;
+    if (cmd->status == OpenCmd::Status::ok) {
+      r.ok = true;
+      r.fd = cmd->fd;
+      r.state = cmd->state;
+      r.link = std::make_unique<ConnLink>(std::move(conn), cmd->state);
+      return r;
+    }
+    if (cmd->status == OpenCmd::Status::refused && attempt < 63) continue;
+    if (cmd->status == OpenCmd::Status::stale && ++stale <= 2) continue;
+    r.cause = cmd->cause;
+    return r;
+  }
+}
+
+void hold_connections(int notify_fd) {
+  g_notify_fd = notify_fd;
+  g_persist = true;
+}
+
+PoolStats pool_stats() {
+  PoolStats st;
+  std::lock_guard lock(registry_mu());
+  st.created = g_created;
+  for (const auto& c : held()) {
+    if (c->usable()) ++st.usable;
+    st.channels += c->channels();
+  }
+  return st;
+}
+
+void release_connections() {
+  std::vector<std::shared_ptr<Connection>> v;
+  {
+    std::lock_guard lock(registry_mu());
+    v.swap(held());
+  }
+  v.clear();  // each joins its pump (channels end, the session disconnects)
+}
+
+}  // namespace ssh_internal
 
 std::unique_ptr<Gateway> open_ssh(const xspec::Spec& spec, const OpenOptions& opts) {
   return std::make_unique<SshGateway>(spec, opts);

@@ -23,6 +23,10 @@ namespace dtest::gateway {
 
 std::unique_ptr<Gateway> open_ssh(const xspec::Spec& spec, const OpenOptions& opts);
 
+// `dtest __ssh-holder DIR NAME PERSIST TARGET...`: the process that holds a
+// warm connection (started by the gateway, never by hand). argv as main's.
+int ssh_holder_main(int argc, char** argv);
+
 namespace ssh_detail {
 
 // What the value of ssh= says: "[user@]host[:port]" or OpenSSH-style

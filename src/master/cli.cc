@@ -138,6 +138,11 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
   std::vector<std::string> spec_args;
   spec_cmd->add_option("specs", spec_args, "xspecs")->required();
 
+  auto* disconnect_cmd =
+      app.add_subcommand("disconnect", "close warm ssh connections (all, or those to the given ssh= targets)");
+  std::vector<std::string> disconnect_targets;
+  disconnect_cmd->add_option("targets", disconnect_targets, "ssh= values, as in --tx ssh=VALUE");
+
   auto* sync_cmd = app.add_subcommand("sync", "mirror directories to gateways' work dirs and report what moved");
   std::vector<std::string> sync_tx, sync_dirs, sync_ignore;
   sync_cmd->add_option("--tx", sync_tx, "gateway xspec, repeatable")->required()->allow_extra_args(false);
@@ -158,6 +163,7 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
     return kExitUsageError;
   }
   if (*spec_cmd) return cmd_spec(spec_args, out, err);
+  if (*disconnect_cmd) return gateway::close_warm_connections(disconnect_targets, out);
   if (*sync_cmd) {
     std::vector<std::string> errs;
     SyncCommandOptions so;

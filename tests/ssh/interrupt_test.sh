@@ -3,7 +3,10 @@
 # dtest runs a slow suite over two ssh gateways to a real sshd on loopback,
 # gets SIGINT once tests are running remotely, must exit 2 with every test
 # accounted for, and within a few seconds no remote agent and no test
-# process may be left. Exits 77 (CTest skip) without sshd.
+# process may be left. Exits 77 (CTest skip) without sshd. The connection
+# is a warm one (a holder process keeps it between runs, the default): the
+# holder must stop the agents' channels when the master goes away, and the
+# test closes it at the end (none may be left either).
 #
 # usage: interrupt_test.sh DTEST FIXTURES_DIR SSHD_HARNESS
 set -euo pipefail
@@ -13,8 +16,12 @@ HARNESS=$3
 [[ -x /usr/sbin/sshd ]] || { echo "SKIP: sshd is not installed"; exit 77; }
 
 WORK=$(mktemp -d /tmp/dtest-int.XXXXXX)
+export DTEST_CACHE_DIR=$WORK/cache
+holders() { pgrep -f "__ssh-holder $WORK/cache/" || true; }
 cleanup() {
   set +e
+  HOME=$WORK/home "$DTEST" __ssh-close > /dev/null 2>&1
+  for p in $(holders); do kill -9 "$p"; done
   pkill -9 -f "$WORK/" 2>/dev/null
   bash "$HARNESS" stop "$WORK/h" >/dev/null 2>&1
   rm -rf "$WORK"
@@ -85,3 +92,11 @@ kill -KILL "$pid"
 wait "$pid" 2>/dev/null || true
 expect_nothing_left 200 "processes left behind on the remote host after the master was killed"
 echo "PASS: SIGKILL of the master -> nothing left on the remote host"
+
+# Both runs went through one warm connection; closing it leaves nothing.
+[[ $(grep -c "Accepted publickey" "$WORK/h/sshd.log") -eq 1 ]] || fail "the second run did not reuse the warm connection"
+[[ -n "$(holders)" ]] || fail "no warm-connection holder after the runs"
+HOME=$WORK/home "$DTEST" __ssh-close > "$WORK/close" 2>&1 || fail "__ssh-close failed: $(cat "$WORK/close")"
+for _ in $(seq 1 100); do [[ -z "$(holders)" ]] && break; sleep 0.05; done
+[[ -z "$(holders)" ]] || fail "a holder is still running after __ssh-close"
+echo "PASS: one warm connection for both runs, closed"

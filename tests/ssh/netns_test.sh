@@ -22,8 +22,14 @@ NS=(dtest-$id-1 dtest-$id-2)
 WORK=$(mktemp -d /tmp/dtest-netns.XXXXXX)
 oct=$((id % 200 + 20))
 
+export DTEST_CACHE_DIR=$WORK/cache  # warm connections of this test only
+holders() { pgrep -f "__ssh-holder $WORK/cache/" || true; }
 cleanup() {
   set +e
+  # Warm connections first (while the hosts are there to say goodbye to).
+  HOME=$WORK/home "$DTEST" __ssh-close > /dev/null 2>&1
+  for _ in $(seq 1 100); do [[ -z "$(holders)" ]] && break; sleep 0.05; done
+  for p in $(holders); do echo "cleanup: killing holder $p left running"; kill -9 "$p"; done
   for ns in "${NS[@]}"; do
     # Everything that ran in the namespace (sshd, sessions, agents, tests).
     for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
@@ -103,4 +109,9 @@ dups=$(uniq -d "$WORK/ids" | wc -l)
 [[ $dups -eq 0 ]] || fail "$dups tests reported twice"
 grep -q '^\[gw1\] \[' "$WORK/out" || fail "host 2 ran nothing"
 tail -1 "$WORK/out"
+# Both runs went over one warm connection per host.
+for k in 1 2; do
+  n=$(grep -c "Accepted publickey" "$WORK/h$k/sshd.log" || true)
+  [[ $n -eq 1 ]] || fail "host $k: $n authentications for two runs (expected one warm connection)"
+done
 echo "PASS: $got outcomes for $expected tests; gw0 lost, its tests ran on gw1"
