@@ -74,7 +74,7 @@ PY
 SUITE=$WORK/suite
 # xdist needs the tests under an --rsyncdir root (it syncs the folder, here
 # one small file, to chdir= on the remote); dtest runs the binary in place
-# (its syncer is issue 4).
+# (same machine; bench/sync_rsync.sh measures dtest's syncer).
 XDIST_TX() { echo "$1*ssh=-F $WORK/ssh_config benchhost//python=$PYTHON//chdir=$WORK/xdist-remote"; }
 DTEST_TX() { echo "$1*ssh=-F $WORK/ssh_config benchhost"; }
 

@@ -5,7 +5,7 @@ set -euo pipefail
 pkgs=(
   build-essential cmake ninja-build pkg-config
   libboost1.81-dev nlohmann-json3-dev libzstd-dev libxxhash-dev
-  libcli11-dev libfmt-dev libgtest-dev libgmock-dev googletest libssl-dev
+  libcli11-dev libfmt-dev libgtest-dev libgmock-dev googletest libssl-dev libsqlite3-dev
   python3
   openssh-server openssh-client libssh-dev iproute2
 )
