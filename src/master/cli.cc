@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "gateway/gateway.h"
+#include "master/repository.h"
 #include "master/session.h"
 #include "master/sync_command.h"
 #include "sync/ignore.h"
@@ -138,6 +139,21 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
   std::vector<std::string> spec_args;
   spec_cmd->add_option("specs", spec_args, "xspecs")->required();
 
+  bool last_failed = false;
+  app.add_flag("--lf,--last-failed", last_failed, "run only the tests that failed in the last run (all if none did)");
+
+  // The run repository (<cwd>/.dtest).
+  auto* last_cmd = app.add_subcommand("last", "show the last run's results again, with worker tags");
+  auto* failing_cmd = app.add_subcommand("failing", "print the ids of the tests that failed in the last run");
+  auto* slowest_cmd = app.add_subcommand("slowest", "the tests with the longest duration estimates");
+  std::size_t slowest_n = 10;
+  slowest_cmd->add_option("n", slowest_n, "how many (default 10)");
+  auto* history_cmd = app.add_subcommand("history", "one test's outcomes and durations over the recorded runs");
+  std::string history_test;
+  std::size_t history_limit = 20;
+  history_cmd->add_option("test", history_test, "test id, as `dtest failing` prints them")->required();
+  history_cmd->add_option("--limit", history_limit, "runs to show (default 20, 0 = all)");
+
   auto* disconnect_cmd =
       app.add_subcommand("disconnect", "close warm ssh connections (all, or those to the given ssh= targets)");
   std::vector<std::string> disconnect_targets;
@@ -164,6 +180,30 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
   }
   if (*spec_cmd) return cmd_spec(spec_args, out, err);
   if (*disconnect_cmd) return gateway::close_warm_connections(disconnect_targets, out);
+  if (*last_cmd || *failing_cmd || *slowest_cmd || *history_cmd) {
+    try {
+      auto repo = Repository::open_existing(std::filesystem::current_path().string());
+      if (*failing_cmd) {
+        if (!repo) {
+          err << "dtest: " << kNoRunsMessage << "\n";
+          return kExitOk;
+        }
+        out << format_failing(repo->failing());
+      } else if (*last_cmd) {
+        out << format_last(repo ? repo->last_run() : std::nullopt);
+      } else if (!repo) {
+        out << kNoRunsMessage << "\n";
+      } else if (*slowest_cmd) {
+        out << format_slowest(repo->slowest(slowest_n));
+      } else {
+        out << format_history(repo->history(history_test, history_limit));
+      }
+    } catch (const std::exception& e) {
+      err << "dtest: error: " << e.what() << "\n";
+      return kExitInternalError;
+    }
+    return kExitOk;
+  }
   if (*sync_cmd) {
     std::vector<std::string> errs;
     SyncCommandOptions so;
@@ -243,6 +283,16 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
   opts.testrunuid = random_uid();
   opts.continue_on_collection_errors = continue_on_errors;
   opts.hello_timeout = hello_timeout;
+  opts.record = true;
+  opts.args.assign(argv, argv + argc);
+  if (last_failed) {
+    opts.last_failed = true;
+    try {
+      if (auto repo = Repository::open_existing(opts.rootdir)) opts.failed_ids = repo->failing();
+    } catch (const std::exception& e) {
+      err << "dtest: warning: --lf: " << e.what() << "\n";
+    }
+  }
 
   gateway::OpenOptions gopts;
   gopts.default_agent = gateway::default_agent_path();

@@ -18,6 +18,7 @@
 
 #include "common/message.h"
 #include "master/junit_reporter.h"
+#include "master/repository.h"
 #include "sync/sender.h"
 #include "master/scheduler.h"
 #include "master/terminal_reporter.h"
@@ -198,6 +199,7 @@ struct Session::Impl {
   bool interrupted = false;
   std::string interrupt_reason;
   Clock::time_point t0 = Clock::now();
+  std::chrono::system_clock::time_point started_sys = std::chrono::system_clock::now();
   bool debug = std::getenv("DTEST_DEBUG") != nullptr;
   // DTEST_DEBUG=1: a timestamped trace of the session's steps on stderr.
   template <typename... Args>
@@ -219,6 +221,7 @@ struct Session::Impl {
   void start_sync(SyncTarget& t, int i);
   void on_synced(Event& e);
   void stop_syncs();
+  void record_run(int exit_code);
   std::string path_for(int slot, std::size_t binary) const;
   void on_collected(int i, const Message& m);
   void on_events(int i, const Message& m);
@@ -715,6 +718,24 @@ int Session::Impl::start_run() {
     }
   }
 
+  if (opts.last_failed) {
+    // --lf: keep the tests that failed last time, if any of them is still
+    // there (pytest's default when none is: run everything).
+    const std::set<std::string> want(opts.failed_ids.begin(), opts.failed_ids.end());
+    std::size_t keep = 0;
+    for (const auto& t : first->tests) keep += want.count(t.id());
+    if (keep == 0) {
+      reporter.note("--lf: no previously failed tests in this collection; running all");
+    } else {
+      const std::size_t before = first->tests.size();
+      for (auto& g : groups) {
+        if (!g.done) continue;
+        std::erase_if(g.tests, [&](const TestCase& t) { return !want.count(t.id()); });
+      }
+      reporter.note(fmt::format("--lf: running the {} test(s) that failed last time ({} deselected)", keep,
+                                before - keep));
+    }
+  }
   const std::size_t collected = first->tests.size();
   // `steal`: the collection is used by this unit only (load): move it.
   auto make_unit = [&](const std::string& name, CollectGroup& g, std::vector<int> workers, bool steal) {
@@ -1049,7 +1070,30 @@ int Session::run() {
     if (im.run_finished()) break;
   }
   im.shutdown();
-  return im.finish(code);
+  const int rc = im.finish(code);
+  if (im.opts.record && !im.units.empty()) im.record_run(rc);
+  return rc;
+}
+
+void Session::Impl::record_run(int exit_code) {
+  RunRecord rec;
+  rec.started_at = started_sys;
+  rec.finished_at = std::chrono::system_clock::now();
+  rec.args = opts.args;
+  rec.exit_code = exit_code;
+  try {
+    rec.code_id = code_id_for_files(opts.binary_paths);
+    for (const auto& u : units)
+      for (std::size_t t = 0; t < u.tests.size(); ++t) {
+        const auto& r = u.results[t];
+        if (!r) continue;
+        rec.rows.push_back(TestRow{u.tests[t].id(), r->outcome, r->duration, r->worker, r->gateway, r->message});
+      }
+    Repository repo(opts.rootdir);
+    repo.record_run(rec);
+  } catch (const std::exception& e) {
+    reporter.warning(std::string("the run was not recorded in .dtest/: ") + e.what());
+  }
 }
 
 }  // namespace dtest

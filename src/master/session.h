@@ -36,6 +36,13 @@ struct RunOptions {
   std::vector<std::string> rsyncdirs;
   std::vector<std::string> rsyncignore;   // the full pattern list, defaults first
   std::string sync_cache_dir;             // the local stat caches; empty: none
+  // The run repository (<rootdir>/.dtest): record the run there (the CLI
+  // turns it on), and --lf: only the tests that failed last time (when any
+  // of them is collected).
+  bool record = false;
+  std::vector<std::string> args;          // the command line, for the record
+  bool last_failed = false;
+  std::vector<std::string> failed_ids;    // from the repository, for --lf
 };
 
 using GatewayFactory =

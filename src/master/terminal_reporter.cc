@@ -113,6 +113,13 @@ void TerminalReporter::warning(const std::string& text) {
   out_.flush();
 }
 
+void TerminalReporter::note(const std::string& text) {
+  if (verbosity_ < 0) return;
+  progress_newline();
+  out_ << text << "\n";
+  out_.flush();
+}
+
 void TerminalReporter::detail(const std::string& text) {
   if (verbosity_ <= 0) return;
   progress_newline();

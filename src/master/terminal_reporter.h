@@ -32,6 +32,8 @@ class TerminalReporter {
   void warning(const std::string& text);
   // A line of its own at -v (what a sync moved, say).
   void detail(const std::string& text);
+  // A line of its own unless -q.
+  void note(const std::string& text);
   void set_total(std::size_t total) { total_ = total; }
   void result(const Unit& unit, const TestCase& t, const TestResult& r);
   // Failure sections, short summary and the closing line.

@@ -1165,16 +1165,28 @@ TEST_F(e2e, ShardedBatchesGiveTheSameOutcomes) {
   o.env["DTEST_CACHE_DIR"] = tmp_ + "/cache";
   o.env["DTEST_DEBUG"] = "1";
   const ProcResult first = run({"-n", "2", "-v", kMixed}, o);
-  const ProcResult second = run({"-n", "2", "-v", kMixed}, o);
-  ASSERT_FALSE(first.timed_out || second.timed_out);
+  ASSERT_FALSE(first.timed_out);
   EXPECT_EQ(first.exit_code, 1) << describe(first);
-  EXPECT_EQ(second.exit_code, 1) << describe(second);
-  EXPECT_TRUE(contains(second.err, ", shard 0/2")) << second.err;
-  std::map<std::string, std::string> a, b;
+  std::map<std::string, std::string> a;
   for (const auto& l : parse_verbose(first.out)) a[l.id] = l.outcome;
-  for (const auto& l : parse_verbose(second.out)) b[l.id] = l.outcome;
   EXPECT_EQ(a.size(), 32u);
-  EXPECT_EQ(a, b);
+  // Whether shards are chosen depends on the start-up and per-test costs the
+  // first runs measured; on a loaded machine a crash test can look slow and
+  // keep the batches filtered. Every run must give the same outcomes; within
+  // a few runs the costs settle and shards are used.
+  bool sharded = false;
+  std::string last_err;
+  for (int k = 0; k < 5 && !sharded; ++k) {
+    const ProcResult again = run({"-n", "2", "-v", kMixed}, o);
+    ASSERT_FALSE(again.timed_out);
+    EXPECT_EQ(again.exit_code, 1) << describe(again);
+    std::map<std::string, std::string> b;
+    for (const auto& l : parse_verbose(again.out)) b[l.id] = l.outcome;
+    EXPECT_EQ(a, b);
+    sharded = contains(again.err, ", shard 0/2");
+    last_err = again.err;
+  }
+  EXPECT_TRUE(sharded) << last_err;
 }
 
 TEST_F(e2e, ListingCacheIsUsedAndNeverServesAStaleBinary) {
