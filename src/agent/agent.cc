@@ -3,11 +3,14 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <fcntl.h>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <poll.h>
 #include <sched.h>
 #include <sys/utsname.h>
@@ -49,9 +52,30 @@ struct Batch {
   Clock::time_point started_at;  // of the current test
   Clock::time_point spawned_at;
   double startup = -1;  // seconds from spawn to the first test starting
+  // The run message's `timeout`: seconds a test may run (0: no limit), and
+  // the test whose process group was killed for running longer.
+  double timeout = 0;
+  std::string timed_out;
   bool exited = false;
   int status = 0;
 };
+
+// Longer limits are no limit in practice, and keep the time arithmetic
+// far from overflowing.
+constexpr double kMaxTimeout = 1e9;
+
+// The running test's deadline, if it has one and has not been killed yet.
+std::optional<Clock::time_point> deadline(const Batch& b) {
+  if (b.timeout <= 0 || b.exited || !b.timed_out.empty() || b.parser.current().empty()) return std::nullopt;
+  return b.started_at + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(b.timeout));
+}
+
+// "timed out after 2 s", "timed out after 0.5 s".
+std::string timeout_message(double seconds) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "timed out after %g s", seconds);
+  return buf;
+}
 
 int cpu_count() {
   cpu_set_t set;
@@ -100,6 +124,8 @@ class Agent {
   void parse_output(Batch& b, std::string_view bytes);
   void add_result(Batch& b, gtest::TestEvent& e, double seconds, const std::string& message);
   void finish_batch(Batch& b);
+  void check_timeouts();
+  int poll_timeout_ms() const;
   void reap();
   void flush_events();
   void kill_all();
@@ -200,13 +226,24 @@ void Agent::finish_batch(Batch& b) {
   }
   const std::string status = describe_wait_status(b.status);
   std::vector<gtest::TestEvent> evs;
-  std::string crashed;
-  if (!b.parser.current().empty()) crashed = b.parser.current();
-  b.parser.finish(status, evs);
+  std::string crashed, timed_out;
+  // The test we killed for its time limit ends as a timeout, with what it
+  // printed so far; any other test running when the process died crashed.
+  const std::string limit = timeout_message(b.timeout);
+  if (!b.timed_out.empty() && b.parser.current() == b.timed_out) {
+    timed_out = b.timed_out;
+    b.parser.finish(evs, Outcome::timeout, "dtest: " + limit + " (its test process was killed)");
+  } else {
+    if (!b.parser.current().empty()) crashed = b.parser.current();
+    b.parser.finish(status, evs);
+  }
   for (auto& e : evs) {
     if (e.kind != gtest::TestEvent::Kind::finished) continue;
     const double measured = std::chrono::duration<double>(Clock::now() - b.started_at).count();
-    add_result(b, e, measured, e.outcome == Outcome::crashed ? status : std::string());
+    add_result(b, e, measured,
+               e.outcome == Outcome::crashed   ? status
+               : e.outcome == Outcome::timeout ? limit
+                                               : std::string());
   }
   flush_events();
   std::unordered_set<std::string> done(b.parser.finished().begin(), b.parser.finished().end());
@@ -223,10 +260,46 @@ void Agent::finish_batch(Batch& b) {
     gtest::record_cost(b.binary, b.startup,
                        std::max(seconds - b.startup, 0.0) / static_cast<double>(done.size()) + 1e-9);
   if (auto it = b.pos.find(crashed); it != b.pos.end()) body["crashed"] = it->second;
+  if (auto it = b.pos.find(timed_out); it != b.pos.end()) body["timed_out"] = it->second;
   if (!(WIFEXITED(b.status) && WEXITSTATUS(b.status) == 0) && !b.parser.outside_output().empty())
     body["outside_output"] = b.parser.outside_output();
   if (!b.flagfile.empty()) ::unlink(b.flagfile.c_str());
   send(MsgKind::batch_done, std::move(body));
+}
+
+// Kills the process group of every batch whose running test has passed its
+// deadline. finish_batch() then reports that test as a timeout and the rest
+// of the batch as unrun.
+void Agent::check_timeouts() {
+  for (auto& b : batches_) {
+    auto d = deadline(*b);
+    if (!d || Clock::now() < *d) continue;
+    // A result already in the pipe wins over the limit (bounded: a test
+    // that prints without pause must not keep us here).
+    for (int k = 0; k < 16 && read_batch(*b, false) > 0; ++k) {
+    }
+    d = deadline(*b);
+    if (!d || Clock::now() < *d) continue;  // it ended; maybe the next one started
+    b->timed_out = b->parser.current();
+    kill_group(b->child.pid);
+  }
+}
+
+// How long poll() may sleep: until the nearest test deadline, and at most
+// 200 ms while batches run (a safety net for reaping; SIGCHLD normally
+// wakes us), forever when idle.
+int Agent::poll_timeout_ms() const {
+  if (batches_.empty()) return -1;
+  int ms = 200;
+  const auto now = Clock::now();
+  for (const auto& b : batches_) {
+    const auto d = deadline(*b);
+    if (!d) continue;
+    if (*d <= now) return 0;
+    const double left = std::ceil(std::chrono::duration<double, std::milli>(*d - now).count());
+    if (left < ms) ms = static_cast<int>(left);
+  }
+  return ms;
 }
 
 void Agent::reap() {
@@ -259,6 +332,12 @@ void Agent::start_batch(const Message& m) {
     if (!t.is_string()) throw ProtocolError("run message: 'tests' holds a non-string");
     b->pos.emplace(t.get<std::string>(), static_cast<std::uint32_t>(b->tests.size()));
     b->tests.push_back(t.get<std::string>());
+  }
+  if (auto t = m.body.find("timeout"); t != m.body.end()) {
+    const double v = t->is_number() ? t->get<double>() : -1;
+    if (!(v >= 0) || !std::isfinite(v))
+      throw ProtocolError("run message: 'timeout' is not a number of seconds >= 0");
+    b->timeout = std::min(v, kMaxTimeout);
   }
   SpawnOptions so;
   if (auto it = m.body.find("env"); it != m.body.end() && it->is_object())
@@ -360,8 +439,7 @@ int Agent::run() {
       std::vector<pollfd> fds = {{in_, POLLIN, 0}, {g_signal_pipe[0], POLLIN, 0}};
       for (auto& b : batches_)
         if (b->child.out_fd >= 0) fds.push_back({b->child.out_fd, POLLIN, 0});
-      // The timeout is a safety net for reaping; SIGCHLD normally wakes us.
-      const int r = ::poll(fds.data(), fds.size(), batches_.empty() ? -1 : 200);
+      const int r = ::poll(fds.data(), fds.size(), poll_timeout_ms());
       if (r < 0 && errno != EINTR) throw std::runtime_error(std::string("poll: ") + std::strerror(errno));
       if (r > 0 && fds[1].revents) {
         char sigs[64];
@@ -381,6 +459,7 @@ int Agent::run() {
           ++k;
         }
       }
+      check_timeouts();
       reap();
       flush_events();
       if (r > 0 && fds[0].revents) {

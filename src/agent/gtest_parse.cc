@@ -365,6 +365,12 @@ void RunParser::line(std::string_view l, std::vector<TestEvent>& out) {
 }
 
 bool RunParser::finish(std::string_view status, std::vector<TestEvent>& out) {
+  std::string last_line(kCrashLine);
+  last_line += status;
+  return finish(out, Outcome::crashed, last_line);
+}
+
+bool RunParser::finish(std::vector<TestEvent>& out, Outcome outcome, std::string_view last_line) {
   if (!partial_.empty()) {
     const std::string rest = std::move(partial_);
     partial_.clear();
@@ -376,12 +382,11 @@ bool RunParser::finish(std::string_view status, std::vector<TestEvent>& out) {
   TestEvent ev;
   ev.kind = TestEvent::Kind::finished;
   ev.name = current_;
-  ev.outcome = Outcome::crashed;
+  ev.outcome = outcome;
   ev.duration_ms = 0;
   ev.output = std::move(output_);
   if (!ev.output.empty() && ev.output.back() != '\n') ev.output += '\n';
-  ev.output += kCrashLine;
-  ev.output += status;
+  ev.output += last_line;
   ev.output += '\n';
   output_.clear();
   finished_.push_back(std::move(current_));

@@ -51,6 +51,10 @@ class RunParser {
   // with Outcome::crashed whose output is what it printed so far followed by
   // a line naming the status, and returns true.
   bool finish(std::string_view status, std::vector<TestEvent>& out);
+  // Like finish(), for a process the caller killed: the running test (if
+  // any) ends with `outcome` (Outcome::timeout, say) and its output so far
+  // followed by the line `last_line` (a '\n' is added).
+  bool finish(std::vector<TestEvent>& out, Outcome outcome, std::string_view last_line);
   // The test that has started and not finished, or empty.
   const std::string& current() const { return current_; }
   // Names of every test that finished (any outcome), in order.

@@ -843,5 +843,18 @@ TEST(RunParser, OutsideOutputIsCapped) {
   EXPECT_NE(o.find(" bytes truncated ...]\n"), std::string::npos);
 }
 
+TEST(RunParser, KilledForItsTimeLimitEndsWithTheGivenOutcomeAndLine) {
+  RunParser p;
+  std::vector<TestEvent> ev;
+  p.feed("[ RUN      ] Slow.Done\n[       OK ] Slow.Done (3 ms)\n[ RUN      ] Slow.Hangs\nhanging", ev);
+  EXPECT_EQ(p.current(), "Slow.Hangs");
+  EXPECT_TRUE(p.finish(ev, Outcome::timeout, "dtest: timed out after 2 s"));
+  EXPECT_EQ(p.current(), "");
+  expect_events(ev, {{"Slow.Done", Outcome::passed, "", 3},
+                     {"Slow.Hangs", Outcome::timeout, "hanging\ndtest: timed out after 2 s\n"}});
+  EXPECT_EQ(p.finished(), (std::vector<std::string>{"Slow.Done", "Slow.Hangs"}));
+  EXPECT_FALSE(p.finish("signal 9 (SIGKILL)", ev));
+}
+
 }  // namespace
 }  // namespace dtest::gtest

@@ -1,5 +1,6 @@
 #include "master/cli.h"
 
+#include <cmath>
 #include <csignal>
 #include <filesystem>
 #include <map>
@@ -90,6 +91,36 @@ std::vector<std::string> check_roots(const std::vector<std::string>& dirs, std::
   return roots;
 }
 
+// --timeout SECONDS: a number >= 0 (0: no limit); NaN, infinities,
+// negatives and trailing junk are usage errors.
+double parse_timeout(const std::string& text, std::vector<std::string>& errors) {
+  double v = -1;
+  try {
+    std::size_t used = 0;
+    v = std::stod(text, &used);
+    if (used != text.size()) v = -1;
+  } catch (const std::exception&) {
+    v = -1;
+  }
+  if (!(v >= 0) || !std::isfinite(v)) {
+    errors.push_back("--timeout expects a number of seconds >= 0 (0 = no limit), got '" + text + "'");
+    return 0;
+  }
+  return v;
+}
+
+// --maxfail N: a whole number >= 0 (0: never stop).
+int parse_maxfail(const std::string& text, std::vector<std::string>& errors) {
+  try {
+    std::size_t used = 0;
+    const long v = std::stol(text, &used);
+    if (used == text.size() && v >= 0 && v <= 1'000'000'000) return static_cast<int>(v);
+  } catch (const std::exception&) {
+  }
+  errors.push_back("--maxfail expects a whole number >= 0 (0 = no limit), got '" + text + "'");
+  return 0;
+}
+
 std::vector<std::string> ignore_patterns(const std::vector<std::string>& extra, std::vector<std::string>& errors) {
   std::vector<std::string> all = sync::IgnoreRules::defaults();
   all.insert(all.end(), extra.begin(), extra.end());
@@ -128,6 +159,15 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
   app.add_flag("--continue-on-collection-errors", continue_on_errors,
                "run the tests that were collected even if some binaries failed to list");
   app.add_option("--gateway-timeout", hello_timeout, "seconds for a gateway's agent to say hello (default 30)");
+  std::string timeout_text, maxfail_text;
+  bool exitfirst = false;
+  app.add_option("--timeout", timeout_text,
+                 "seconds one test may run before its process is killed (outcome: timeout); 0 = no limit")
+      ->type_name("SECONDS");
+  app.add_flag("-x,--exitfirst", exitfirst, "stop after the first failure (--maxfail 1)");
+  app.add_option("--maxfail", maxfail_text,
+                 "stop after N failures (failed, crashed, timeout): the rest is not run; 0 = never")
+      ->type_name("N");
 
   app.add_option("--rsyncdir", rsyncdirs,
                  "directory to mirror into each remote gateway's work dir (as <workdir>/<basename>), repeatable")
@@ -259,6 +299,16 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
   opts.sync_cache_dir = cache_dir();
   if (!opts.sync_cache_dir.empty()) opts.sync_cache_dir += "/sync";
   namespace fs = std::filesystem;
+  if (!timeout_text.empty()) opts.timeout = parse_timeout(timeout_text, errors);
+  if (!maxfail_text.empty()) {
+    opts.maxfail = parse_maxfail(maxfail_text, errors);
+    opts.maxfail_option = "--maxfail " + std::to_string(opts.maxfail);
+  }
+  // -x is --maxfail 1; given with --maxfail, the stricter limit counts.
+  if (exitfirst && opts.maxfail != 1) {
+    opts.maxfail = 1;
+    opts.maxfail_option = "-x";
+  }
   if (binaries.empty()) errors.push_back("no test binaries given (usage: dtest [options] BINARY...)");
   for (const auto& b : binaries) {
     std::error_code ec;

@@ -198,6 +198,11 @@ struct Session::Impl {
   bool collecting = true;
   bool interrupted = false;
   std::string interrupt_reason;
+  // --maxfail: failing outcomes so far; set when the last one allowed came
+  // in (the main loop then stops the run); the reason the rest is not run.
+  int failures = 0;
+  bool stop_requested = false;
+  std::string stop_reason;
   Clock::time_point t0 = Clock::now();
   std::chrono::system_clock::time_point started_sys = std::chrono::system_clock::now();
   bool debug = std::getenv("DTEST_DEBUG") != nullptr;
@@ -235,6 +240,7 @@ struct Session::Impl {
   void settle_orphans();
   bool run_finished() const;
   void interrupt(const std::string& why);
+  void stop_run();
   void shutdown();
   int finish(int forced_code);
   void send(int i, MsgKind k, nlohmann::json body);
@@ -672,6 +678,10 @@ void Session::Impl::record(int unit, int test, TestResult r) {
   if (slot) return;  // already has its one outcome
   slot = std::move(r);
   reporter.result(u, u.tests[static_cast<std::size_t>(test)], *slot);
+  const Outcome o = slot->outcome;
+  if (opts.maxfail > 0 && (o == Outcome::failed || o == Outcome::crashed || o == Outcome::timeout) &&
+      ++failures >= opts.maxfail)
+    stop_requested = true;
 }
 
 // Returns an exit code if the run cannot start, else -1.
@@ -823,6 +833,7 @@ void Session::Impl::dispatch() {
         {"env",
          {{"DTEST_WORKER", s.info.id}, {"DTEST_WORKER_COUNT", workers}, {"DTEST_TESTRUNUID", opts.testrunuid}}}};
     if (b->shard_count > 0) run["shard"] = {b->shard_index, b->shard_count};
+    if (opts.timeout > 0) run["timeout"] = opts.timeout;
     send(static_cast<int>(i), MsgKind::run, std::move(run));
   }
 }
@@ -851,6 +862,9 @@ void Session::Impl::on_events(int i, const Message& m) {
   auto outputs = texts("outputs");
   auto messages = texts("messages");
   for (const auto& rec : records) {
+    // The last failure --maxfail allows came in: what follows it is not
+    // counted (the run stops; those tests are reported not run).
+    if (stop_requested) break;
     if (rec.index >= f.tests.size())
       throw ProtocolError(fmt::format("events message: result for index {} in a batch of {}", rec.index,
                                       f.tests.size()));
@@ -953,6 +967,28 @@ void Session::Impl::interrupt(const std::string& why) {
       }
 }
 
+// --maxfail reached: nothing more is dispatched, every test without an
+// outcome is not run, and shutdown() then tells each agent to stop, which
+// kills the batches still running (their results are no longer read).
+void Session::Impl::stop_run() {
+  stop_reason = fmt::format("stopped after {} failure{} ({})", failures, failures == 1 ? "" : "s",
+                            opts.maxfail_option.empty() ? fmt::format("--maxfail {}", opts.maxfail)
+                                                        : opts.maxfail_option);
+  trace("{}; {} batch(es) in flight", stop_reason, inflight.size());
+  std::size_t stopped = 0;
+  for (std::size_t u = 0; u < units.size(); ++u)
+    for (std::size_t t = 0; t < units[u].tests.size(); ++t)
+      if (!units[u].results[t]) {
+        TestResult r;
+        r.outcome = Outcome::not_run;
+        r.message = stop_reason;
+        record(static_cast<int>(u), static_cast<int>(t), std::move(r));
+        ++stopped;
+      }
+  // The last test was the one that reached the limit: nothing was stopped.
+  if (stopped == 0) stop_reason.clear();
+}
+
 void Session::Impl::shutdown() {
   stop_syncs();
   // Ask every agent to stop (it kills its tests), then wait for them in
@@ -991,6 +1027,7 @@ int Session::Impl::finish(int forced_code) {
   sum.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   sum.interrupted = interrupted;
   sum.interrupt_reason = interrupt_reason;
+  sum.stop_reason = stop_reason;
   for (std::size_t u = 0; u < units.size(); ++u)
     for (std::size_t t = 0; t < units[u].tests.size(); ++t) {
       if (!units[u].results[t]) {  // never happens by design; never lose one silently
@@ -1050,6 +1087,10 @@ int Session::run() {
       break;
     }
     if (auto e = im.events.pop(std::chrono::milliseconds(100))) im.handle(*e);
+    if (im.stop_requested) {
+      im.stop_run();
+      break;
+    }
     // Agents that never say hello.
     for (std::size_t i = 0; i < im.slots.size(); ++i) {
       auto& s = *im.slots[i];

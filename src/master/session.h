@@ -31,6 +31,16 @@ struct RunOptions {
   std::string testrunuid;
   bool continue_on_collection_errors = false;
   double hello_timeout = 30;              // seconds for an agent to say hello
+  // --timeout: seconds one test may run before the agent kills its process
+  // (the test ends as `timeout`, the rest of its batch runs in a new one);
+  // 0: no limit.
+  double timeout = 0;
+  // -x / --maxfail N: after this many failing outcomes (failed, crashed,
+  // timeout) stop: no new batches, the agents stop the running ones, and
+  // every test without an outcome is not run. 0: never. `maxfail_option`
+  // is how the user asked ("-x", "--maxfail 3"), quoted in the reason.
+  int maxfail = 0;
+  std::string maxfail_option;
   // --rsyncdir: absolute, normalised roots, mirrored into the work dir of
   // every gateway that is not a plain local popen (once per host and dir).
   std::vector<std::string> rsyncdirs;

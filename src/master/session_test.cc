@@ -3,11 +3,13 @@
 // without processes.
 #include "master/session.h"
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -20,11 +22,13 @@ namespace dtest {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 struct Script {
   std::map<std::string, std::vector<std::pair<std::string, Outcome>>> binaries;
   std::map<std::string, std::string> collect_errors;  // binary -> error
   std::set<std::string> crash;                        // the process dies in these
+  std::set<std::string> time_out;                     // the agent kills the process in these
   std::set<std::string> never_reached;                // the process exits before these
   std::map<std::string, int> die_after_runs;          // gateway id -> lose link at this RUN
   std::set<std::string> garbage;                      // gateway ids that send garbage
@@ -40,6 +44,11 @@ struct Script {
   mutable std::set<std::string> dead;
   // Gateways whose open fails with garbage (before any hello).
   std::set<std::string> garbage_at_open;
+  // What the fakes saw (under start_mu): each run message's tests and its
+  // `timeout` field, and the tests a fake reached (ran), as "gw0:Name".
+  mutable std::vector<std::vector<std::string>> batches;
+  mutable std::vector<std::optional<double>> run_timeouts;
+  mutable std::vector<std::string> reached;
 };
 
 class FakeGateway final : public gateway::Gateway {
@@ -147,6 +156,12 @@ class FakeGateway final : public gateway::Gateway {
       std::lock_guard lock(*log_mu_);
       for (const auto& t : tests) run_log_->push_back(id_ + ":" + t);
     }
+    {
+      std::lock_guard lock(script_.start_mu);
+      script_.batches.push_back(tests);
+      auto t = m.body.find("timeout");
+      script_.run_timeouts.push_back(t == m.body.end() ? std::nullopt : std::optional<double>(t->get<double>()));
+    }
     std::map<std::string, Outcome> outcome;
     for (const auto& [name, o] : script_.binaries.at(binary)) outcome[name] = o;
     std::vector<std::uint8_t> records;
@@ -162,11 +177,23 @@ class FakeGateway final : public gateway::Gateway {
         unrun.push_back(i);
         continue;
       }
+      {
+        std::lock_guard lock(script_.start_mu);
+        script_.reached.push_back(id_ + ":" + t);
+      }
       if (script_.crash.count(t)) {
         append_record(records, {i, Outcome::crashed, 0.01});
         messages.push_back({i, "signal 11 (SIGSEGV)"});
         outputs.push_back({i, "about to crash\n"});
         status = "signal 11 (SIGSEGV)";
+        stopped = true;
+        continue;
+      }
+      if (script_.time_out.count(t)) {
+        append_record(records, {i, Outcome::timeout, 2.01});
+        messages.push_back({i, "timed out after 2 s"});
+        outputs.push_back({i, "hanging\ndtest: timed out after 2 s (its test process was killed)\n"});
+        status = "signal 9 (SIGKILL)";
         stopped = true;
         continue;
       }
@@ -198,6 +225,9 @@ struct Harness {
   std::mutex log_mu;
   std::ostringstream out;
   std::unique_ptr<Session> session;
+  double timeout = 0;
+  int maxfail = 0;
+  std::string maxfail_option;
 
   int run(const std::vector<std::string>& specs, const std::string& dist = "load") {
     RunOptions o;
@@ -214,6 +244,9 @@ struct Harness {
     o.dist = dist;
     o.verbosity = 1;
     o.testrunuid = "uid";
+    o.timeout = timeout;
+    o.maxfail = maxfail;
+    o.maxfail_option = maxfail_option;
     session = std::make_unique<Session>(
         o,
         [this](const xspec::Spec&, const std::string& id) {
@@ -375,6 +408,129 @@ TEST(Session, DistNoUsesOneWorker) {
   EXPECT_EQ(h.run({"3*popen"}, "no"), kExitOk);
   for (const auto& e : h.run_log) EXPECT_EQ(e.substr(0, 4), "gw0:");
   EXPECT_EQ(h.run_log.size(), 10u);
+}
+
+TEST(Session, TimeoutIsSentWithEveryBatchAndATimedOutTestIsNotRetried) {
+  Harness h;
+  h.script.binaries["a"] = passing("A", 30);
+  h.script.time_out = {"A.T3"};
+  h.timeout = 2.5;
+  EXPECT_EQ(h.run({"popen"}), kExitTestsFailed);
+  const auto o = h.outcomes();
+  EXPECT_EQ(o.size(), 30u);
+  for (const auto& [name, outcome] : o) EXPECT_EQ(outcome, name == "A.T3" ? Outcome::timeout : Outcome::passed) << name;
+  // The tests after the killed one ran in a new batch; the timed-out test
+  // itself ran once (it has its outcome), as did every other.
+  ASSERT_GE(h.script.batches.size(), 2u);
+  std::multiset<std::string> reached(h.script.reached.begin(), h.script.reached.end());
+  EXPECT_EQ(reached.size(), 30u);
+  for (const auto& n : reached) EXPECT_EQ(reached.count(n), 1u) << n;
+  for (const auto& t : h.script.run_timeouts) EXPECT_EQ(t, std::optional<double>(2.5));
+  EXPECT_THAT(h.out.str(), HasSubstr("TIMEOUT a::A.T3 - timed out after 2 s"));
+  EXPECT_THAT(h.out.str(), HasSubstr("[gw0] timeout: timed out after 2 s\nhanging\n"));
+  EXPECT_THAT(h.out.str(), HasSubstr("1 timeout, 29 passed"));
+}
+
+TEST(Session, NoTimeoutFieldWithoutALimit) {
+  Harness h;
+  h.script.binaries["a"] = passing("A", 5);
+  EXPECT_EQ(h.run({"popen"}), kExitOk);
+  ASSERT_FALSE(h.script.run_timeouts.empty());
+  for (const auto& t : h.script.run_timeouts) EXPECT_EQ(t, std::nullopt);
+}
+
+TEST(Session, MaxfailOneStopsAtTheFirstFailureAndTheRestIsNotRun) {
+  Harness h;
+  h.script.binaries["a"] = passing("A", 30);
+  h.script.binaries["a"][3].second = Outcome::failed;
+  h.script.binaries["a"][17].second = Outcome::failed;
+  h.maxfail = 1;
+  h.maxfail_option = "-x";
+  EXPECT_EQ(h.run({"popen"}), kExitTestsFailed);
+  const auto o = h.outcomes();
+  ASSERT_EQ(o.size(), 30u);
+  const auto& u = h.session->units().at(0);
+  int failed = 0, passed = 0, not_run = 0;
+  for (std::size_t i = 0; i < u.tests.size(); ++i) {
+    const auto& r = *u.results[i];
+    if (r.outcome == Outcome::failed) ++failed;
+    if (r.outcome == Outcome::passed) ++passed;
+    if (r.outcome == Outcome::not_run) {
+      ++not_run;
+      EXPECT_EQ(r.message, "stopped after 1 failure (-x)") << u.tests[i].name;
+    }
+  }
+  // One worker, results in order: A.T0-T2 passed, A.T3 failed, and what
+  // came after it (even in the same message) is not counted.
+  EXPECT_EQ(failed, 1);
+  EXPECT_EQ(o.at("A.T3"), Outcome::failed);
+  EXPECT_EQ(passed, 3);
+  EXPECT_EQ(not_run, 26);
+  EXPECT_EQ(o.at("A.T17"), Outcome::not_run);
+  // No batch went out after the one holding the failure.
+  ASSERT_FALSE(h.script.batches.empty());
+  const auto& last = h.script.batches.back();
+  EXPECT_NE(std::find(last.begin(), last.end(), "A.T3"), last.end());
+  // One summary line for the stopped tests, no FAILURES section each.
+  const std::string out = h.out.str();
+  EXPECT_THAT(out, HasSubstr("NOT RUN 26 tests - stopped after 1 failure (-x)\n"));
+  EXPECT_THAT(out, HasSubstr("!!!!!!!!!! stopped after 1 failure (-x) !!!!!!!!!!\n"));
+  EXPECT_THAT(out, HasSubstr("1 failed, 3 passed, 26 not run"));
+  EXPECT_THAT(out, Not(HasSubstr("not run: stopped")));
+  EXPECT_THAT(out, Not(HasSubstr("Interrupted")));
+}
+
+TEST(Session, MaxfailCountsFailuresCrashesAndTimeoutsAcrossWorkers) {
+  Harness h;
+  h.script.binaries["a"] = passing("A", 40);
+  h.script.binaries["a"][5].second = Outcome::failed;
+  h.script.binaries["a"][25].second = Outcome::failed;
+  h.script.crash = {"A.T12"};
+  h.script.time_out = {"A.T33"};
+  h.script.start_together = 2;
+  h.maxfail = 2;
+  h.maxfail_option = "--maxfail 2";
+  EXPECT_EQ(h.run({"2*popen"}), kExitTestsFailed);
+  const auto o = h.outcomes();
+  ASSERT_EQ(o.size(), 40u);
+  int failing = 0;
+  for (const auto& [name, outcome] : o) {
+    if (outcome == Outcome::failed || outcome == Outcome::crashed || outcome == Outcome::timeout) ++failing;
+    else EXPECT_TRUE(outcome == Outcome::passed || outcome == Outcome::not_run) << name;
+  }
+  EXPECT_EQ(failing, 2);
+  const auto& u = h.session->units().at(0);
+  for (const auto& r : u.results) {
+    if (r->outcome == Outcome::not_run) {
+      EXPECT_EQ(r->message, "stopped after 2 failures (--maxfail 2)");
+    }
+  }
+  EXPECT_THAT(h.out.str(), HasSubstr("!!!!!!!!!! stopped after 2 failures (--maxfail 2) !!!!!!!!!!"));
+}
+
+TEST(Session, MaxfailNotReachedRunsEverything) {
+  Harness h;
+  h.script.binaries["a"] = passing("A", 20);
+  h.script.binaries["a"][4].second = Outcome::failed;
+  h.script.binaries["a"][9].second = Outcome::failed;
+  h.maxfail = 3;
+  h.maxfail_option = "--maxfail 3";
+  EXPECT_EQ(h.run({"popen"}), kExitTestsFailed);
+  const auto o = h.outcomes();
+  for (const auto& [name, outcome] : o) EXPECT_NE(outcome, Outcome::not_run) << name;
+  EXPECT_THAT(h.out.str(), HasSubstr("2 failed, 18 passed"));
+  EXPECT_THAT(h.out.str(), Not(HasSubstr("stopped after")));
+}
+
+TEST(Session, MaxfailReachedByTheLastTestStopsNothing) {
+  Harness h;
+  h.script.binaries["a"] = passing("A", 6);
+  h.script.binaries["a"][5].second = Outcome::failed;
+  h.maxfail = 1;
+  h.maxfail_option = "-x";
+  EXPECT_EQ(h.run({"popen"}), kExitTestsFailed);
+  EXPECT_THAT(h.out.str(), HasSubstr("1 failed, 5 passed"));
+  EXPECT_THAT(h.out.str(), Not(HasSubstr("stopped after")));
 }
 
 }  // namespace

@@ -169,9 +169,19 @@ void TerminalReporter::finish(const std::vector<Unit>& units, const Summary& sum
     const TestResult* result;
   };
   std::vector<Bad> bad;
+  // Tests not run because the whole run stopped (--maxfail, an interrupt)
+  // get one line in the short summary, not a section each.
+  const std::string& run_reason = summary.interrupted ? summary.interrupt_reason : summary.stop_reason;
+  std::size_t stopped = 0;
   for (const auto& u : units)
-    for (std::size_t i = 0; i < u.tests.size(); ++i)
-      if (u.results[i] && is_failure(u.results[i]->outcome)) bad.push_back({&u, &u.tests[i], &*u.results[i]});
+    for (std::size_t i = 0; i < u.tests.size(); ++i) {
+      const auto& r = u.results[i];
+      if (!r || !is_failure(r->outcome)) continue;
+      if (r->outcome == Outcome::not_run && !run_reason.empty() && r->message == run_reason)
+        ++stopped;
+      else
+        bad.push_back({&u, &u.tests[i], &*r});
+    }
 
   if (!bad.empty() && verbosity_ >= 0) {
     rule("FAILURES", '=');
@@ -190,7 +200,7 @@ void TerminalReporter::finish(const std::vector<Unit>& units, const Summary& sum
       }
     }
   }
-  if (!bad.empty()) {
+  if (!bad.empty() || stopped > 0) {
     if (verbosity_ >= 0) rule("short test summary info", '=');
     for (const auto& b : bad) {
       out_ << upper(to_string(b.result->outcome)) << " " << b.test->id();
@@ -199,6 +209,8 @@ void TerminalReporter::finish(const std::vector<Unit>& units, const Summary& sum
         out_ << " - " << b.result->message;
       out_ << "\n";
     }
+    if (stopped > 0)
+      out_ << fmt::format("NOT RUN {} test{} - {}\n", stopped, stopped == 1 ? "" : "s", run_reason);
   }
   if (units.size() > 1 && verbosity_ >= 0) {
     for (const auto& u : units) {
@@ -210,6 +222,7 @@ void TerminalReporter::finish(const std::vector<Unit>& units, const Summary& sum
     }
   }
   if (summary.interrupted) out_ << "!!!!!!!!!! Interrupted: " << summary.interrupt_reason << " !!!!!!!!!!\n";
+  else if (!summary.stop_reason.empty()) out_ << "!!!!!!!!!! " << summary.stop_reason << " !!!!!!!!!!\n";
   if (verbosity_ < 0)
     out_ << summary_line(summary) << "\n";
   else

@@ -16,6 +16,8 @@ struct Summary {
   double seconds = 0;
   bool interrupted = false;
   std::string interrupt_reason;
+  // --maxfail stopped the run: the reason its remaining tests are not run.
+  std::string stop_reason;
 };
 
 class TerminalReporter {

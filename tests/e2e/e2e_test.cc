@@ -23,6 +23,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iostream>
 #include <map>
 #include <optional>
 #include <poll.h>
@@ -1303,5 +1304,218 @@ void interrupt_test(const std::string& tmp, int sig, const std::string& reason) 
 TEST_F(e2e, SigintStopsTheRunAndLeavesNoProcesses) { interrupt_test(tmp_, SIGINT, "KeyboardInterrupt"); }
 
 TEST_F(e2e, SigtermStopsTheRunAndLeavesNoProcesses) { interrupt_test(tmp_, SIGTERM, "terminated (SIGTERM)"); }
+
+// ===========================================================================
+// 13. --timeout and -x / --maxfail (fx_slow_test)
+// ===========================================================================
+
+const std::string kSlow = fixture("fx_slow_test");
+const std::string kSlowTests[] = {"Quick.Fails", "Slow.T1", "Slow.T2",      "Slow.T3",   "Slow.T4",
+                                  "Slow.T5",     "Slow.T6", "Hang.Forever", "Hang.After"};
+
+// fx_slow_test processes that outlived their run: orphans are reparented to
+// us (the subreaper). Waits up to 2 s for them to go.
+std::vector<std::string> slow_tests_left() {
+  const std::string exe = canon(kSlow);
+  std::vector<std::string> left;
+  for (int k = 0; k < 20; ++k) {
+    while (::waitpid(-1, nullptr, WNOHANG) > 0) {
+    }
+    left.clear();
+    for (const auto& p : all_procs())
+      if (p.ppid == ::getpid() && p.exe == exe && p.state != 'Z') left.push_back(std::to_string(p.pid) + " " + p.cmdline);
+    if (left.empty()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return left;
+}
+
+TEST_F(e2e, TimeoutKillsAHangingTestAndTheRestRunsOn) {
+  RunOptions o;
+  o.env["FX_SLEEP_MS"] = "0";
+  o.env["DTEST_CACHE_DIR"] = tmp_ + "/cache";
+  const std::string xml = tmp_ + "/timeout.xml";
+  const ProcResult r = run({"-n", "2", "-v", "--timeout", "1", "--junitxml", xml, kSlow}, o);
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 1) << describe(r);
+  const auto lines = by_id(parse_verbose(r.out));
+  EXPECT_EQ(lines.size(), 9u) << describe(r);
+  const std::string hang = id_of(kSlow, "Hang.Forever");
+  for (const auto& name : kSlowTests) {
+    const auto it = lines.find(id_of(kSlow, name));
+    ASSERT_NE(it, lines.end()) << name << "\n" << describe(r);
+    const std::string want = name == "Quick.Fails" ? "failed" : name == "Hang.Forever" ? "timeout" : "passed";
+    EXPECT_EQ(it->second.outcome, want) << name;
+  }
+  EXPECT_EQ(lines.at(hang).message, "timed out after 1 s");
+  // Its output so far, and what happened to it.
+  const std::string block = failure_block(r.out, hang);
+  EXPECT_TRUE(contains(block, "timeout: timed out after 1 s")) << block;
+  EXPECT_TRUE(contains(block, "fx_slow_test: hanging now\n")) << block;
+  EXPECT_TRUE(contains(block, "dtest: timed out after 1 s (its test process was killed)")) << block;
+  EXPECT_TRUE(contains(r.out, "TIMEOUT " + hang + " - timed out after 1 s\n")) << describe(r);
+  EXPECT_TRUE(contains(last_nonempty_line(r.out), "1 failed, 1 timeout, 7 passed in")) << describe(r);
+  // JUnit: an error of type timeout, with the output.
+  const auto x = load_junit(xml);
+  ASSERT_TRUE(x);
+  EXPECT_EQ(x->attr("tests"), "9");
+  EXPECT_EQ(x->attr("failures"), "1");
+  EXPECT_EQ(x->attr("errors"), "1");
+  bool found = false;
+  const auto suites = x->all("testsuite");
+  ASSERT_EQ(suites.size(), 1u);
+  for (const XmlNode* tc : suites[0]->all("testcase")) {
+    if (tc->attr("classname") != "Hang" || tc->attr("name") != "Forever") continue;
+    found = true;
+    EXPECT_EQ(properties(*tc).at("outcome"), "timeout");
+    const XmlNode* e = tc->first("error");
+    ASSERT_NE(e, nullptr);
+    EXPECT_EQ(e->attr("type"), "timeout");
+    EXPECT_EQ(e->attr("message"), "timed out after 1 s");
+    EXPECT_TRUE(contains(e->text, "fx_slow_test: hanging now")) << e->text;
+  }
+  EXPECT_TRUE(found);
+  const auto left = slow_tests_left();
+  EXPECT_TRUE(left.empty()) << ::testing::PrintToString(left);
+}
+
+TEST_F(e2e, TimeoutAlsoLimitsTestsOfAShard) {
+  // As in ShardedBatchesGiveTheSameOutcomes: once the agent knows the
+  // binary is cheap, batches go out as GoogleTest shards; the limit is the
+  // same there (the agent follows the running test in either).
+  RunOptions o;
+  o.env["FX_SLEEP_MS"] = "0";
+  o.env["DTEST_CACHE_DIR"] = tmp_ + "/cache";
+  o.env["DTEST_DEBUG"] = "1";
+  bool sharded = false;
+  std::string last_err;
+  for (int k = 0; k < 6 && !sharded; ++k) {
+    const ProcResult r = run({"-n", "2", "-v", "--timeout", "0.5", kSlow}, o);
+    ASSERT_FALSE(r.timed_out);
+    EXPECT_EQ(r.exit_code, 1) << describe(r);
+    const auto lines = by_id(parse_verbose(r.out));
+    EXPECT_EQ(lines.size(), 9u) << describe(r);
+    for (const auto& name : kSlowTests) {
+      const auto it = lines.find(id_of(kSlow, name));
+      ASSERT_NE(it, lines.end()) << name << "\n" << describe(r);
+      const std::string want = name == "Quick.Fails" ? "failed" : name == "Hang.Forever" ? "timeout" : "passed";
+      EXPECT_EQ(it->second.outcome, want) << name;
+      if (want == "timeout") {
+        EXPECT_EQ(it->second.message, "timed out after 0.5 s");
+      }
+    }
+    sharded = contains(r.err, ", shard 0/2") || contains(r.err, ", shard 1/2");
+    last_err = r.err;
+  }
+  EXPECT_TRUE(sharded) << last_err;
+}
+
+TEST_F(e2e, TestsAfterATimeoutRunInANewProcess) {
+  // One worker: Hang.After comes after Hang.Forever, in its batch or a later
+  // one; either way it runs after the killed process, in a new one.
+  RunOptions o;
+  o.env["FX_SLEEP_MS"] = "0";
+  o.env["DTEST_CACHE_DIR"] = tmp_ + "/cache";
+  o.env["DTEST_DEBUG"] = "1";
+  const ProcResult r = run({"-n", "1", "-v", "--timeout", "0.5", kSlow}, o);
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 1) << describe(r);
+  const auto lines = by_id(parse_verbose(r.out));
+  ASSERT_EQ(lines.size(), 9u) << describe(r);
+  EXPECT_EQ(lines.at(id_of(kSlow, "Hang.Forever")).outcome, "timeout");
+  EXPECT_EQ(lines.at(id_of(kSlow, "Hang.After")).outcome, "passed");
+  const auto killed = r.err.find("done: signal 9 (SIGKILL)");
+  ASSERT_NE(killed, std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(" <- batch ", killed), std::string::npos) << r.err;
+}
+
+TEST_F(e2e, MaxfailOneStopsSoonAfterTheFirstFailure) {
+  // Quick.Fails fails at once; the six Slow tests sleep 10 s each (30 s on
+  // two workers) and Hang.Forever 10 minutes. With -x the run ends right
+  // after the failure; the bound below is coarse on purpose.
+  RunOptions o;
+  o.env["DTEST_CACHE_DIR"] = tmp_ + "/cache";
+  o.env["DTEST_DEBUG"] = "1";
+  const auto t0 = Clock::now();
+  const ProcResult r = run({"-n", "2", "-v", "-x", kSlow}, o);
+  const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 1) << describe(r);
+  const std::string reason = "stopped after 1 failure (-x)";
+  const auto lines = by_id(parse_verbose(r.out));
+  EXPECT_EQ(lines.size(), 9u) << describe(r);
+  int failed = 0, not_run = 0;
+  for (const auto& [id, l] : lines) {
+    if (l.outcome == "failed") {
+      ++failed;
+      EXPECT_EQ(id, id_of(kSlow, "Quick.Fails"));
+    } else if (l.outcome == "not run") {
+      ++not_run;
+      EXPECT_EQ(l.message, reason) << id;
+    } else {
+      EXPECT_EQ(l.outcome, "passed") << id;  // only if the machine is very slow
+    }
+  }
+  EXPECT_EQ(failed, 1) << describe(r);
+  EXPECT_GE(not_run, 1) << describe(r);
+  EXPECT_EQ(lines.at(id_of(kSlow, "Hang.Forever")).outcome, "not run");
+  EXPECT_TRUE(contains(r.out, "!!!!!!!!!! " + reason + " !!!!!!!!!!")) << describe(r);
+  EXPECT_TRUE(contains(r.out, "NOT RUN " + std::to_string(not_run) + " test")) << describe(r);
+  EXPECT_FALSE(contains(r.out, "Interrupted")) << describe(r);
+  // Without -x this run takes 30 s at least; a stop that waited for the
+  // running tests would take 10 s.
+  EXPECT_LT(wall, 8.0) << describe(r);
+  // For the record: when the session decided to stop (its trace clock
+  // starts as dtest starts) and when dtest had exited.
+  std::smatch m;
+  if (std::regex_search(r.err, m, std::regex(R"(debug: +([0-9.]+) ms  stopped after)")))
+    std::cout << "[ info ] -x: stop decided at " << m[1] << " ms; dtest exited after " << wall * 1e3
+              << " ms (wall, from spawn)\n";
+  const auto left = slow_tests_left();
+  EXPECT_TRUE(left.empty()) << ::testing::PrintToString(left);
+}
+
+TEST_F(e2e, TimeoutsCountTowardsMaxfail) {
+  // One worker, in listing order: Quick.Fails fails (1), the Slow tests
+  // pass, Hang.Forever times out (2): Hang.After is not run.
+  RunOptions o;
+  o.env["FX_SLEEP_MS"] = "0";
+  o.env["DTEST_CACHE_DIR"] = tmp_ + "/cache";
+  const ProcResult r = run({"-n", "1", "-v", "--timeout", "1", "--maxfail", "2", kSlow}, o);
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 1) << describe(r);
+  const auto lines = by_id(parse_verbose(r.out));
+  ASSERT_EQ(lines.size(), 9u) << describe(r);
+  EXPECT_EQ(lines.at(id_of(kSlow, "Quick.Fails")).outcome, "failed");
+  EXPECT_EQ(lines.at(id_of(kSlow, "Slow.T6")).outcome, "passed");
+  EXPECT_EQ(lines.at(id_of(kSlow, "Hang.Forever")).outcome, "timeout");
+  EXPECT_EQ(lines.at(id_of(kSlow, "Hang.After")).outcome, "not run");
+  EXPECT_EQ(lines.at(id_of(kSlow, "Hang.After")).message, "stopped after 2 failures (--maxfail 2)");
+  EXPECT_TRUE(contains(last_nonempty_line(r.out), "1 failed, 1 timeout, 6 passed, 1 not run in")) << describe(r);
+}
+
+TEST_F(e2e, BadTimeoutOrMaxfailIsAUsageError) {
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--timeout", "-1"}, "--timeout expects a number of seconds >= 0 (0 = no limit), got '-1'"},
+      {{"--timeout", "abc"}, "--timeout expects a number of seconds >= 0 (0 = no limit), got 'abc'"},
+      {{"--timeout=nan"}, "--timeout expects a number of seconds >= 0 (0 = no limit), got 'nan'"},
+      {{"--timeout", "2s"}, "--timeout expects a number of seconds >= 0 (0 = no limit), got '2s'"},
+      {{"--maxfail", "-2"}, "--maxfail expects a whole number >= 0 (0 = no limit), got '-2'"},
+      {{"--maxfail", "x"}, "--maxfail expects a whole number >= 0 (0 = no limit), got 'x'"},
+      {{"--maxfail", "1.5"}, "--maxfail expects a whole number >= 0 (0 = no limit), got '1.5'"},
+  };
+  for (const auto& [args, message] : cases) {
+    std::vector<std::string> argv = args;
+    argv.push_back(kPass);
+    const ProcResult r = run(argv);
+    ASSERT_FALSE(r.timed_out);
+    EXPECT_EQ(r.exit_code, 4) << describe(r);
+    EXPECT_TRUE(contains(r.err, "dtest: error: " + message)) << describe(r);
+    EXPECT_FALSE(contains(r.out, "test session starts")) << describe(r);
+  }
+  // 0 means no limit for both.
+  const ProcResult ok = run({"-q", "--timeout", "0", "--maxfail", "0", kPass});
+  EXPECT_EQ(ok.exit_code, 0) << describe(ok);
+}
 
 }  // namespace
