@@ -151,8 +151,10 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
   app.add_option("-n,--numprocesses", numprocesses, "number of local workers, or 'auto' (one per CPU); means --tx N*popen");
   app.add_option("--tx", tx, "gateway xspec, repeatable: popen, 3*popen//chdir=/tmp/w, ...")
       ->allow_extra_args(false);
-  app.add_option("--dist", dist, "load (default with workers), each (whole suite on every gateway), no (serial)")
-      ->check(CLI::IsMember({"load", "each", "no"}));
+  app.add_option("--dist", dist,
+                 "load (default with workers), loadfile (a binary stays on one worker), loadscope (a test "
+                 "suite stays on one worker), loadgroup, each (whole suite on every gateway), no (serial)")
+      ->check(CLI::IsMember({"load", "loadfile", "loadscope", "loadgroup", "each", "no"}));
   app.add_flag("-q,--quiet", quiet, "less output");
   app.add_flag("-v,--verbose", verbose, "one line per test");
   app.add_option("--junitxml", junitxml, "write a JUnit XML report to PATH");
@@ -335,13 +337,16 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
   opts.hello_timeout = hello_timeout;
   opts.record = true;
   opts.args.assign(argv, argv + argc);
-  if (last_failed) {
-    opts.last_failed = true;
-    try {
-      if (auto repo = Repository::open_existing(opts.rootdir)) opts.failed_ids = repo->failing();
-    } catch (const std::exception& e) {
-      err << "dtest: warning: --lf: " << e.what() << "\n";
+  opts.last_failed = last_failed;
+  // History from the run repository: last failures (first in the queue, and
+  // all that --lf runs) and duration estimates (longest first).
+  try {
+    if (auto repo = Repository::open_existing(opts.rootdir)) {
+      opts.failed_ids = repo->failing();
+      opts.estimates = repo->estimates();
     }
+  } catch (const std::exception& e) {
+    err << "dtest: warning: the run repository cannot be read (scheduling without history): " << e.what() << "\n";
   }
 
   gateway::OpenOptions gopts;

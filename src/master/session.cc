@@ -573,7 +573,7 @@ void Session::Impl::slot_ready(int i) {
       ask_collect(g);
   if (!collecting) {
     // A late gateway joins the run under load.
-    if (opts.dist == "load" && !units.empty()) {
+    if (opts.dist != "each" && opts.dist != "no" && !units.empty()) {
       s.unit = 0;
       ustate[0].workers.push_back(i);
     }
@@ -728,6 +728,7 @@ int Session::Impl::start_run() {
     }
   }
 
+  bool deselected = false;
   if (opts.last_failed) {
     // --lf: keep the tests that failed last time, if any of them is still
     // there (pytest's default when none is: run everything).
@@ -742,10 +743,12 @@ int Session::Impl::start_run() {
         if (!g.done) continue;
         std::erase_if(g.tests, [&](const TestCase& t) { return !want.count(t.id()); });
       }
+      deselected = true;
       reporter.note(fmt::format("--lf: running the {} test(s) that failed last time ({} deselected)", keep,
                                 before - keep));
     }
   }
+  const std::set<std::string> failed_last(opts.failed_ids.begin(), opts.failed_ids.end());
   const std::size_t collected = first->tests.size();
   // `steal`: the collection is used by this unit only (load): move it.
   auto make_unit = [&](const std::string& name, CollectGroup& g, std::vector<int> workers, bool steal) {
@@ -766,6 +769,31 @@ int Session::Impl::start_run() {
     us.sched = std::make_unique<Scheduler>(us.binary_of, order, static_cast<int>(workers.size()));
     for (std::size_t b = 0; b < g.costs.size(); ++b)
       if (g.costs[b]) us.sched->seed(static_cast<int>(b), g.costs[b]->first, g.costs[b]->second);
+    // History: last failures first, then unknown, then longest estimate first.
+    if (!opts.estimates.empty() || !failed_last.empty()) {
+      std::vector<double> est(tests.size(), -1);
+      std::vector<bool> failed(tests.size(), false);
+      for (std::size_t t = 0; t < tests.size(); ++t) {
+        const std::string id = tests[t].id();
+        if (auto it = opts.estimates.find(id); it != opts.estimates.end()) est[t] = it->second;
+        failed[t] = failed_last.count(id) > 0;
+      }
+      us.sched->set_estimates(std::move(est), std::move(failed));
+    }
+    if (opts.dist == "loadfile" || opts.dist == "loadscope" || opts.dist == "loadgroup") {
+      const Distribution mode = opts.dist == "loadfile"    ? Distribution::loadfile
+                                : opts.dist == "loadscope" ? Distribution::loadscope
+                                                           : Distribution::loadgroup;
+      std::vector<std::string> names;
+      names.reserve(tests.size());
+      for (const auto& t : tests) names.push_back(t.name);
+      // loadgroup's labels come from the config's `groups` (issue 5); without
+      // one every test is its own unit, as under load.
+      us.sched->set_units(Scheduler::units_for(mode, us.binary_of, names, {}));
+    }
+    // GoogleTest's shards run every test of the binary: not when some were
+    // deselected (--lf).
+    if (deselected) us.sched->set_sharding(false);
     us.workers = std::move(workers);
     const int idx = static_cast<int>(units.size());
     for (int w : us.workers) slots[static_cast<std::size_t>(w)]->unit = idx;

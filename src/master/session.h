@@ -12,6 +12,7 @@
 #include <memory>
 #include <ostream>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "gateway/gateway.h"
@@ -52,7 +53,10 @@ struct RunOptions {
   bool record = false;
   std::vector<std::string> args;          // the command line, for the record
   bool last_failed = false;
-  std::vector<std::string> failed_ids;    // from the repository, for --lf
+  std::vector<std::string> failed_ids;    // from the repository: --lf, and failures first
+  // Per test id: the repository's duration estimate (seconds). The scheduler
+  // orders by them (longest first) and sizes batches in seconds.
+  std::unordered_map<std::string, double> estimates;
 };
 
 using GatewayFactory =

@@ -1178,6 +1178,7 @@ TEST_F(e2e, ShardedBatchesGiveTheSameOutcomes) {
   bool sharded = false;
   std::string last_err;
   for (int k = 0; k < 5 && !sharded; ++k) {
+    fs::remove_all(tmp_ + "/.dtest");  // shards, not batches sized from recorded durations
     const ProcResult again = run({"-n", "2", "-v", kMixed}, o);
     ASSERT_FALSE(again.timed_out);
     EXPECT_EQ(again.exit_code, 1) << describe(again);
@@ -1390,6 +1391,9 @@ TEST_F(e2e, TimeoutAlsoLimitsTestsOfAShard) {
   bool sharded = false;
   std::string last_err;
   for (int k = 0; k < 6 && !sharded; ++k) {
+    // Shards come from the agent's cost memory; recorded durations (the run
+    // repository in the cwd) would size batches by seconds instead.
+    fs::remove_all(tmp_ + "/.dtest");
     const ProcResult r = run({"-n", "2", "-v", "--timeout", "0.5", kSlow}, o);
     ASSERT_FALSE(r.timed_out);
     EXPECT_EQ(r.exit_code, 1) << describe(r);

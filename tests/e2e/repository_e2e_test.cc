@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <map>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -118,6 +119,60 @@ TEST_F(Repo, RunsAreRecordedAndLastFailedRunsExactlyTheFailures) {
   EXPECT_EQ(r.exit_code, 0) << describe(r);
   EXPECT_TRUE(contains(r.out, one)) << r.out;
   EXPECT_TRUE(contains(r.out, "flaky: no")) << r.out;  // failed both times on the same binaries
+}
+
+// The first reported result of a -v run.
+std::string first_result(const std::string& out) {
+  static const std::regex re(R"(^(?:\[[^\]]*\] )?\[ *\d+%\] [A-Z ]+? \S+::(\S+).*$)");
+  std::istringstream in(out);
+  std::string l;
+  while (std::getline(in, l)) {
+    std::smatch m;
+    if (std::regex_match(l, m, re)) return m[1];
+  }
+  return "";
+}
+
+TEST_F(Repo, TheSecondRunFollowsTheRecordedDurations) {
+  const std::string uneven = std::string(FIXTURES_DIR) + "/fx_uneven_test";
+  // No history: collection order (the long test is listed last).
+  const ProcResult first = dtest({"-v", "-n", "1", uneven});
+  EXPECT_EQ(first.exit_code, 0) << describe(first);
+  EXPECT_EQ(first_result(first.out), "Uneven.Short1") << first.out;
+  // With the durations recorded: longest first.
+  const ProcResult second = dtest({"-v", "-n", "1", uneven});
+  EXPECT_EQ(second.exit_code, 0) << describe(second);
+  EXPECT_EQ(first_result(second.out), "Uneven.Long") << second.out;
+  const ProcResult slowest = dtest({"slowest", "1"});
+  EXPECT_TRUE(contains(slowest.out, "Uneven.Long")) << slowest.out;
+}
+
+// --dist loadscope / loadfile: a suite (a binary) never spans two workers.
+std::map<std::string, std::set<std::string>> workers_by(const std::string& out, bool by_suite) {
+  static const std::regex re(R"(^\[(gw\d+)\] \[ *\d+%\] [A-Z ]+? (\S+)::([^.\s]+)\.\S+.*$)");
+  std::map<std::string, std::set<std::string>> m;
+  std::istringstream in(out);
+  std::string l;
+  while (std::getline(in, l)) {
+    std::smatch sm;
+    if (std::regex_match(l, sm, re)) m[by_suite ? sm[2].str() + "::" + sm[3].str() : sm[2].str()].insert(sm[1]);
+  }
+  return m;
+}
+
+TEST_F(Repo, LoadscopeAndLoadfileKeepUnitsOnOneWorker) {
+  const std::string sleep = std::string(FIXTURES_DIR) + "/fx_sleep_test";
+  ProcResult r = dtest({"-v", "-n", "2", "--dist", "loadscope", sleep});
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  auto m = workers_by(r.out, true);
+  EXPECT_EQ(m.size(), 3u) << r.out;  // SleepA, SleepB, SleepC
+  for (const auto& [suite, ws] : m) EXPECT_EQ(ws.size(), 1u) << suite << "\n" << r.out;
+
+  r = dtest({"-v", "-n", "2", "--dist", "loadfile", sleep, kPass});
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  m = workers_by(r.out, false);
+  EXPECT_EQ(m.size(), 2u) << r.out;
+  for (const auto& [bin, ws] : m) EXPECT_EQ(ws.size(), 1u) << bin << "\n" << r.out;
 }
 
 TEST_F(Repo, LastFailedWithNothingFailedRunsEverything) {
