@@ -6,7 +6,7 @@
 namespace dtest {
 
 namespace {
-constexpr std::array<std::pair<Outcome, std::string_view>, 7> kNames{{
+constexpr std::array<std::pair<Outcome, std::string_view>, 8> kNames{{
     {Outcome::passed, "passed"},
     {Outcome::failed, "failed"},
     {Outcome::skipped, "skipped"},
@@ -14,6 +14,7 @@ constexpr std::array<std::pair<Outcome, std::string_view>, 7> kNames{{
     {Outcome::crashed, "crashed"},
     {Outcome::timeout, "timeout"},
     {Outcome::not_run, "not run"},
+    {Outcome::flaky, "flaky"},
 }};
 }  // namespace
 

@@ -121,6 +121,18 @@ int parse_maxfail(const std::string& text, std::vector<std::string>& errors) {
   return 0;
 }
 
+// --retries, --count, --repeat-until-fail: a whole number >= `least`.
+int parse_whole(const std::string& text, const std::string& option, long least, std::vector<std::string>& errors) {
+  try {
+    std::size_t used = 0;
+    const long v = std::stol(text, &used);
+    if (used == text.size() && v >= least && v <= 1'000'000) return static_cast<int>(v);
+  } catch (const std::exception&) {
+  }
+  errors.push_back(fmt::format("{} expects a whole number >= {}, got '{}'", option, least, text));
+  return static_cast<int>(least);
+}
+
 std::vector<std::string> ignore_patterns(const std::vector<std::string>& extra, std::vector<std::string>& errors) {
   std::vector<std::string> all = sync::IgnoreRules::defaults();
   all.insert(all.end(), extra.begin(), extra.end());
@@ -169,6 +181,21 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
   app.add_flag("-x,--exitfirst", exitfirst, "stop after the first failure (--maxfail 1)");
   app.add_option("--maxfail", maxfail_text,
                  "stop after N failures (failed, crashed, timeout): the rest is not run; 0 = never")
+      ->type_name("N");
+  std::string retries_text, count_text, until_fail_text;
+  bool flaky_fails = false, failed_first = false;
+  app.add_option("--retries", retries_text,
+                 "run a test that failed, crashed or timed out again, up to N more times (in a new batch); "
+                 "passing on a retry makes it flaky")
+      ->type_name("N");
+  app.add_flag("--flaky-fails", flaky_fails, "flaky tests (passed on a retry) make the run fail (exit code 1)");
+  app.add_flag("--ff,--failed-first", failed_first,
+               "run last run's failures first (always the order when the run repository knows them; "
+               "accepted for pytest compatibility)");
+  app.add_option("--count", count_text, "run every selected test N times; results are suffixed [k/N]")
+      ->type_name("N");
+  app.add_option("--repeat-until-fail", until_fail_text,
+                 "run the whole session up to N times, stopping after the first that fails")
       ->type_name("N");
 
   app.add_option("--rsyncdir", rsyncdirs,
@@ -311,6 +338,15 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
     opts.maxfail = 1;
     opts.maxfail_option = "-x";
   }
+  if (!retries_text.empty()) opts.retries = parse_whole(retries_text, "--retries", 0, errors);
+  opts.flaky_fails = flaky_fails;
+  // --ff: failures first is the scheduler's order whenever the repository
+  // knows last run's failures (with or without duration estimates); the flag
+  // changes nothing.
+  (void)failed_first;
+  if (!count_text.empty()) opts.count = parse_whole(count_text, "--count", 1, errors);
+  int until_fail = 0;
+  if (!until_fail_text.empty()) until_fail = parse_whole(until_fail_text, "--repeat-until-fail", 1, errors);
   if (binaries.empty()) errors.push_back("no test binaries given (usage: dtest [options] BINARY...)");
   for (const auto& b : binaries) {
     std::error_code ec;
@@ -362,12 +398,32 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
   ::sigaction(SIGTERM, &sa, &old_term);
   std::signal(SIGPIPE, SIG_IGN);
   int code = kExitInternalError;
-  try {
-    Session session(std::move(opts), factory, out);
-    code = session.run();
-  } catch (const std::exception& e) {
-    err << "dtest: error: internal: " << e.what() << "\n";
-    code = kExitInternalError;
+  // --repeat-until-fail N: whole sessions, one after the other, until one
+  // fails (any exit code but 0) or N passed.
+  const int iterations = until_fail > 0 ? until_fail : 1;
+  for (int it = 1; it <= iterations; ++it) {
+    if (until_fail > 0) {
+      out << fmt::format("dtest: --repeat-until-fail: iteration {} of {}\n", it, iterations);
+      out.flush();
+    }
+    RunOptions run_opts = opts;
+    if (it > 1) run_opts.testrunuid = random_uid();
+    try {
+      Session session(std::move(run_opts), factory, out);
+      code = session.run();
+    } catch (const std::exception& e) {
+      err << "dtest: error: internal: " << e.what() << "\n";
+      code = kExitInternalError;
+    }
+    if (until_fail == 0) break;
+    if (code != kExitOk) {
+      out << fmt::format("dtest: --repeat-until-fail: iteration {} of {} failed (exit code {})\n", it, iterations,
+                         code);
+      break;
+    }
+    if (it == iterations)
+      out << fmt::format("dtest: --repeat-until-fail: all {} iterations passed\n", iterations);
+    if (g_interrupt_signal.load()) break;
   }
   ::sigaction(SIGINT, &old_int, nullptr);
   ::sigaction(SIGTERM, &old_term, nullptr);

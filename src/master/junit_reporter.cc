@@ -50,7 +50,8 @@ void add(Counts& c, const TestResult& r) {
     case Outcome::not_run: ++c.errors; break;
     case Outcome::skipped:
     case Outcome::xfailed: ++c.skipped; break;
-    case Outcome::passed: break;
+    case Outcome::passed:
+    case Outcome::flaky: break;  // passed on a retry
   }
 }
 
@@ -106,6 +107,11 @@ std::string junit_xml(const std::vector<Unit>& units, double seconds, const std:
             break;
           case Outcome::passed:
             if (!out.empty()) cases += fmt::format("      <system-out>{}</system-out>\n", out);
+            break;
+          case Outcome::flaky:
+            // A pass (no failure element); the note says what came before.
+            cases += fmt::format("      <system-out>dtest: flaky: {}\n{}</system-out>\n",
+                                 xml_escape(r.message), out);
             break;
         }
         cases += "    </testcase>\n";

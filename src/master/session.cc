@@ -1,5 +1,6 @@
 #include "master/session.h"
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -149,6 +150,14 @@ struct UnitState {
   std::vector<int> workers;
   std::vector<std::string> paths;  // per binary index: the local path (messages); agents get path_for()
   std::vector<int> binary_of;      // per test
+  // --retries: per test, the retries it was given and its latest failure
+  // while it waits for (or runs) one; the queue of tests awaiting a retry.
+  // --count: per test, its GoogleTest name (the unit's names carry a
+  // "[k/N]" suffix); empty without --count.
+  std::vector<std::string> gtest_names;
+  std::vector<int> retries_used;
+  std::vector<std::optional<TestResult>> last_failure;
+  std::deque<int> retry_queue;
 };
 
 struct InFlight {
@@ -156,6 +165,9 @@ struct InFlight {
   int slot = -1;
   std::int64_t sched_batch = 0;
   std::vector<int> tests;  // test indices, in the order sent (the wire's batch index)
+  bool retry = false;        // a --retries batch (not the scheduler's: sched_batch 0)
+  bool failed_test = false;  // some test of it failed, crashed or timed out
+  std::vector<char> got;     // per batch index: a result came in
 };
 
 // Where a gateway's agent works: gateways with equal keys share one copy of
@@ -237,6 +249,14 @@ struct Session::Impl {
   int start_run();
   void dispatch();
   void record(int unit, int test, TestResult r);
+  void on_result(int unit, int test, TestResult r);
+  void settle(int unit, int test, TestResult fallback);
+  bool dispatch_retry(int slot);
+  const std::string& gtest_name(int unit, int test) const {
+    const auto& us = ustate[static_cast<std::size_t>(unit)];
+    if (!us.gtest_names.empty()) return us.gtest_names[static_cast<std::size_t>(test)];
+    return units[static_cast<std::size_t>(unit)].tests[static_cast<std::size_t>(test)].name;
+  }
   void settle_orphans();
   bool run_finished() const;
   void interrupt(const std::string& why);
@@ -474,6 +494,15 @@ void Session::Impl::slot_down(int i, const std::string& why) {
       const std::size_t before = us.sched->remaining();
       us.sched->worker_lost(i);
       requeued = us.sched->remaining() - before;
+      if (it->second.retry) {
+        // Its tests without a new result wait for a retry elsewhere.
+        const auto& f = it->second;
+        for (std::size_t k = 0; k < f.tests.size(); ++k)
+          if (!f.got[k] && !units[static_cast<std::size_t>(f.unit)].results[static_cast<std::size_t>(f.tests[k])]) {
+            us.retry_queue.push_back(f.tests[k]);
+            ++requeued;
+          }
+      }
       inflight.erase(it);
     }
     s.batch = 0;
@@ -684,6 +713,97 @@ void Session::Impl::record(int unit, int test, TestResult r) {
     stop_requested = true;
 }
 
+// A result from an agent. Under --retries a failure with retries left is
+// held back (the test waits for a retry batch); a pass after a failure is
+// flaky. Everything else is the test's one outcome.
+void Session::Impl::on_result(int unit, int test, TestResult r) {
+  auto& us = ustate[static_cast<std::size_t>(unit)];
+  const auto t = static_cast<std::size_t>(test);
+  if (units[static_cast<std::size_t>(unit)].results[t]) return;
+  const bool failing = r.outcome == Outcome::failed || r.outcome == Outcome::crashed || r.outcome == Outcome::timeout;
+  int& used = us.retries_used[t];
+  if (failing && used < opts.retries && !stop_requested && !interrupted) {
+    ++used;
+    reporter.detail(fmt::format("{}RETRY {} ({}; retry {} of {})", r.worker.empty() ? "" : "[" + r.worker + "] ",
+                                units[static_cast<std::size_t>(unit)].tests[t].id(), to_string(r.outcome), used,
+                                opts.retries));
+    us.last_failure[t] = std::move(r);
+    us.retry_queue.push_back(test);
+    return;
+  }
+  if (used > 0 && r.outcome == Outcome::passed && us.last_failure[t]) {
+    const TestResult& before = *us.last_failure[t];
+    r.outcome = Outcome::flaky;
+    r.message = fmt::format("passed on retry {} of {}", used, opts.retries);
+    // The failure is what is worth reading: its output, after the pass's.
+    std::string note = fmt::format("--- attempt {} ({}{}{}) ---\n", used, to_string(before.outcome),
+                                   before.message.empty() ? "" : ": ", before.message);
+    r.output = note + before.output + (r.output.empty() ? "" : "--- passing run ---\n" + r.output);
+  }
+  us.last_failure[t].reset();
+  record(unit, test, std::move(r));
+}
+
+// The test gets no further run: its latest failure if it had one (it was
+// waiting for a retry), else `fallback`.
+void Session::Impl::settle(int unit, int test, TestResult fallback) {
+  auto& lf = ustate[static_cast<std::size_t>(unit)].last_failure[static_cast<std::size_t>(test)];
+  if (lf) {
+    TestResult r = std::move(*lf);
+    lf.reset();
+    record(unit, test, std::move(r));
+  } else {
+    record(unit, test, std::move(fallback));
+  }
+}
+
+// Sends the slot a batch of tests awaiting a retry, if its unit has any:
+// those of the binary of the first in line, one per GoogleTest name (--count
+// repeats share names; the agent maps results by name).
+bool Session::Impl::dispatch_retry(int i) {
+  auto& s = *slots[static_cast<std::size_t>(i)];
+  auto& us = ustate[static_cast<std::size_t>(s.unit)];
+  auto& u = units[static_cast<std::size_t>(s.unit)];
+  if (us.retry_queue.empty() || stop_requested) return false;
+  const int binary = us.binary_of[static_cast<std::size_t>(us.retry_queue.front())];
+  InFlight f;
+  f.unit = s.unit;
+  f.slot = i;
+  f.retry = true;
+  std::set<std::string> names_seen;
+  nlohmann::json names = nlohmann::json::array();
+  std::deque<int> rest;
+  for (int t : us.retry_queue) {
+    const std::string& name = gtest_name(s.unit, t);
+    if (u.results[static_cast<std::size_t>(t)]) continue;  // settled meanwhile
+    if (us.binary_of[static_cast<std::size_t>(t)] != binary || !names_seen.insert(name).second) {
+      rest.push_back(t);
+      continue;
+    }
+    f.tests.push_back(t);
+    names.push_back(name);
+  }
+  us.retry_queue = std::move(rest);
+  if (f.tests.empty()) return false;
+  f.got.assign(f.tests.size(), 0);
+  const std::int64_t id = next_batch++;
+  trace("{} <- retry batch {} of {} tests", s.info.id, id, f.tests.size());
+  inflight.emplace(id, std::move(f));
+  s.batch = id;
+  nlohmann::json run = {
+      {"batch", id},
+      {"kind", "gtest"},
+      {"binary", path_for(i, static_cast<std::size_t>(binary))},
+      {"tests", std::move(names)},
+      {"env",
+       {{"DTEST_WORKER", s.info.id},
+        {"DTEST_WORKER_COUNT", std::to_string(slots.size())},
+        {"DTEST_TESTRUNUID", opts.testrunuid}}}};
+  if (opts.timeout > 0) run["timeout"] = opts.timeout;
+  send(i, MsgKind::run, std::move(run));
+  return true;
+}
+
 // Returns an exit code if the run cannot start, else -1.
 int Session::Impl::start_run() {
   collecting = false;
@@ -755,26 +875,49 @@ int Session::Impl::start_run() {
     Unit u;
     u.name = name;
     u.tests = steal ? std::move(g.tests) : g.tests;
+    UnitState us;
+    // --count N: N copies of every test, repetition by repetition; copy k
+    // of a binary's tests is scheduler group binary + k * binaries, so two
+    // repetitions of one test never share a batch (a batch is one group).
+    const int count = std::max(1, opts.count);
+    const int nbin = static_cast<int>(opts.binaries.size());
+    std::vector<int> group_of;
+    if (count > 1) {
+      std::vector<TestCase> copies;
+      copies.reserve(u.tests.size() * static_cast<std::size_t>(count));
+      for (int k = 0; k < count; ++k)
+        for (const auto& tc : u.tests) {
+          copies.push_back(tc);
+          us.gtest_names.push_back(tc.name);
+          copies.back().name += fmt::format("[{}/{}]", k + 1, count);
+          group_of.push_back(tc.binary_index + k * nbin);
+        }
+      u.tests = std::move(copies);
+    }
     const auto& tests = u.tests;
     u.results.resize(tests.size());
-    UnitState us;
     us.paths = opts.binary_paths;
     std::vector<int> order;
     us.binary_of.reserve(tests.size());
+    us.retries_used.assign(tests.size(), 0);
+    us.last_failure.resize(tests.size());
     order.reserve(tests.size());
     for (std::size_t t = 0; t < tests.size(); ++t) {
       us.binary_of.push_back(tests[t].binary_index);
       if (!tests[t].disabled) order.push_back(static_cast<int>(t));
     }
-    us.sched = std::make_unique<Scheduler>(us.binary_of, order, static_cast<int>(workers.size()));
+    if (count == 1) group_of = us.binary_of;
+    us.sched = std::make_unique<Scheduler>(group_of, order, static_cast<int>(workers.size()));
     for (std::size_t b = 0; b < g.costs.size(); ++b)
-      if (g.costs[b]) us.sched->seed(static_cast<int>(b), g.costs[b]->first, g.costs[b]->second);
+      if (g.costs[b])
+        for (int k = 0; k < count; ++k)
+          us.sched->seed(static_cast<int>(b) + k * nbin, g.costs[b]->first, g.costs[b]->second);
     // History: last failures first, then unknown, then longest estimate first.
     if (!opts.estimates.empty() || !failed_last.empty()) {
       std::vector<double> est(tests.size(), -1);
       std::vector<bool> failed(tests.size(), false);
       for (std::size_t t = 0; t < tests.size(); ++t) {
-        const std::string id = tests[t].id();
+        const std::string id = count > 1 ? tests[t].binary + "::" + us.gtest_names[t] : tests[t].id();
         if (auto it = opts.estimates.find(id); it != opts.estimates.end()) est[t] = it->second;
         failed[t] = failed_last.count(id) > 0;
       }
@@ -786,10 +929,10 @@ int Session::Impl::start_run() {
                                                            : Distribution::loadgroup;
       std::vector<std::string> names;
       names.reserve(tests.size());
-      for (const auto& t : tests) names.push_back(t.name);
+      for (std::size_t t = 0; t < tests.size(); ++t) names.push_back(count > 1 ? us.gtest_names[t] : tests[t].name);
       // loadgroup's labels come from the config's `groups` (issue 5); without
       // one every test is its own unit, as under load.
-      us.sched->set_units(Scheduler::units_for(mode, us.binary_of, names, {}));
+      us.sched->set_units(Scheduler::units_for(mode, group_of, names, {}));
     }
     // GoogleTest's shards run every test of the binary: not when some were
     // deselected (--lf).
@@ -819,6 +962,8 @@ int Session::Impl::start_run() {
   trace("run set up: {} unit(s), {} tests", units.size(), total);
   reporter.set_total(total);
   reporter.collected(collected, opts.binaries.size(), units.size());
+  if (opts.count > 1)
+    reporter.note(fmt::format("--count {}: every test runs {} times ({} results)", opts.count, opts.count, total));
   if (total == 0) return kExitNoTests;
   for (std::size_t u = 0; u < units.size(); ++u)
     for (std::size_t t = 0; t < units[u].tests.size(); ++t)
@@ -836,8 +981,8 @@ void Session::Impl::dispatch() {
   for (std::size_t i = 0; i < slots.size(); ++i) {
     auto& s = *slots[i];
     if (s.state != SlotState::ready || s.batch || s.unit < 0) continue;
+    if (dispatch_retry(static_cast<int>(i))) continue;
     auto& us = ustate[static_cast<std::size_t>(s.unit)];
-    auto& u = units[static_cast<std::size_t>(s.unit)];
     auto b = us.sched->next(static_cast<int>(i));
     if (!b) continue;
     InFlight f;
@@ -845,8 +990,9 @@ void Session::Impl::dispatch() {
     f.slot = static_cast<int>(i);
     f.sched_batch = b->id;
     nlohmann::json names = nlohmann::json::array();
-    for (int t : b->tests) names.push_back(u.tests[static_cast<std::size_t>(t)].name);
+    for (int t : b->tests) names.push_back(gtest_name(s.unit, t));
     f.tests = b->tests;
+    f.got.assign(f.tests.size(), 0);
     const std::int64_t id = next_batch++;
     trace("{} <- batch {} of {} tests{} ({} left in the queue)", s.info.id, id, b->tests.size(),
           b->shard_count > 0 ? fmt::format(", shard {}/{}", b->shard_index, b->shard_count) : "",
@@ -856,7 +1002,8 @@ void Session::Impl::dispatch() {
     nlohmann::json run = {
         {"batch", id},
         {"kind", "gtest"},
-        {"binary", path_for(static_cast<int>(i), static_cast<std::size_t>(b->group))},
+        {"binary", path_for(static_cast<int>(i),
+                            static_cast<std::size_t>(us.binary_of[static_cast<std::size_t>(b->tests.front())]))},
         {"tests", std::move(names)},
         {"env",
          {{"DTEST_WORKER", s.info.id}, {"DTEST_WORKER_COUNT", workers}, {"DTEST_TESTRUNUID", opts.testrunuid}}}};
@@ -904,8 +1051,10 @@ void Session::Impl::on_events(int i, const Message& m) {
     if (auto msg = messages.find(rec.index); msg != messages.end()) r.message = std::move(msg->second);
     r.worker = s.info.id;
     r.gateway = s.info.spec;
-    us.sched->finished(f.sched_batch, test);
-    record(f.unit, test, std::move(r));
+    f.got[rec.index] = 1;
+    if (is_failure(r.outcome)) f.failed_test = true;
+    if (f.sched_batch) us.sched->finished(f.sched_batch, test);
+    on_result(f.unit, test, std::move(r));
   }
 }
 
@@ -925,8 +1074,28 @@ void Session::Impl::on_batch_done(int i, const Message& m) {
   // that has no outcome, listed or not.
   if (auto se = m.body.find("spawn_error"); se != m.body.end())
     reporter.warning(fmt::format("[{}] could not start a test process: {}", s.info.id, se->dump()));
-  const auto give_up = us.sched->batch_done(f.sched_batch, m.body.value("seconds", -1.0),
-                                            m.body.value("startup", -1.0));
+  std::vector<int> give_up;
+  if (f.sched_batch) {
+    give_up = us.sched->batch_done(f.sched_batch, m.body.value("seconds", -1.0), m.body.value("startup", -1.0));
+  } else {
+    // A retry batch: what it did not reach waits for a retry again. When it
+    // reached nothing, its first test is charged a retry (so a process that
+    // never gets to a test cannot loop forever).
+    bool any = false;
+    for (char g : f.got) any |= g != 0;
+    for (std::size_t k = 0; k < f.tests.size(); ++k) {
+      const int t = f.tests[k];
+      if (f.got[k] || units[static_cast<std::size_t>(f.unit)].results[static_cast<std::size_t>(t)]) continue;
+      if (!any && k == 0) {
+        if (us.retries_used[static_cast<std::size_t>(t)] >= opts.retries) {
+          settle(f.unit, t, {});
+          continue;
+        }
+        ++us.retries_used[static_cast<std::size_t>(t)];
+      }
+      us.retry_queue.push_back(t);
+    }
+  }
   for (int t : give_up) {
     TestResult r;
     r.outcome = Outcome::not_run;
@@ -938,7 +1107,7 @@ void Session::Impl::on_batch_done(int i, const Message& m) {
   }
   // A process that failed while none of its tests did failed outside any
   // test (global set-up or tear-down, a sanitizer at exit): say so.
-  bool explained = m.body.contains("crashed");
+  bool explained = m.body.contains("crashed") || f.failed_test;
   for (int t : f.tests) {
     const auto& r = units[static_cast<std::size_t>(f.unit)].results[static_cast<std::size_t>(t)];
     if (r && is_failure(r->outcome)) explained = true;
@@ -953,7 +1122,9 @@ void Session::Impl::on_batch_done(int i, const Message& m) {
 
 bool Session::Impl::run_finished() const {
   for (const auto& us : ustate)
-    if (!us.sched->empty() || !us.sched->idle()) return false;
+    if (!us.sched->empty() || !us.sched->idle() || !us.retry_queue.empty()) return false;
+  for (const auto& [id, f] : inflight)
+    if (f.retry) return false;
   return true;
 }
 
@@ -972,7 +1143,14 @@ void Session::Impl::settle_orphans() {
     if (!alive && opts.dist != "each")
       for (const auto& s : slots)
         if (s->state == SlotState::opening || s->state == SlotState::awaiting_hello) alive = true;
-    if (alive || us.sched->empty()) continue;
+    if (alive) continue;
+    // Tests awaiting a retry keep the failure they had.
+    while (!us.retry_queue.empty()) {
+      const int t = us.retry_queue.front();
+      us.retry_queue.pop_front();
+      settle(static_cast<int>(u), t, {});
+    }
+    if (us.sched->empty()) continue;
     for (int t : us.sched->drain()) {
       TestResult r;
       r.outcome = Outcome::not_run;
@@ -991,7 +1169,7 @@ void Session::Impl::interrupt(const std::string& why) {
         TestResult r;
         r.outcome = Outcome::not_run;
         r.message = why;
-        record(static_cast<int>(u), static_cast<int>(t), std::move(r));
+        settle(static_cast<int>(u), static_cast<int>(t), std::move(r));
       }
 }
 
@@ -1010,8 +1188,8 @@ void Session::Impl::stop_run() {
         TestResult r;
         r.outcome = Outcome::not_run;
         r.message = stop_reason;
-        record(static_cast<int>(u), static_cast<int>(t), std::move(r));
-        ++stopped;
+        settle(static_cast<int>(u), static_cast<int>(t), std::move(r));
+        if (units[u].results[t]->outcome == Outcome::not_run) ++stopped;
       }
   // The last test was the one that reached the limit: nothing was stopped.
   if (stopped == 0) stop_reason.clear();
@@ -1062,7 +1240,7 @@ int Session::Impl::finish(int forced_code) {
         TestResult r;
         r.outcome = Outcome::not_run;
         r.message = "internal error: no outcome was recorded";
-        record(static_cast<int>(u), static_cast<int>(t), std::move(r));
+        settle(static_cast<int>(u), static_cast<int>(t), std::move(r));
       }
       ++sum.counts[units[u].results[t]->outcome];
     }
@@ -1081,7 +1259,7 @@ int Session::Impl::finish(int forced_code) {
   if (code >= 0) return code;
   if (interrupted) return kExitInterrupted;
   for (const auto& [o, n] : sum.counts)
-    if (n > 0 && is_failure(o)) return kExitTestsFailed;
+    if (n > 0 && (is_failure(o) || (o == Outcome::flaky && opts.flaky_fails))) return kExitTestsFailed;
   if (!run_errors.empty()) return kExitTestsFailed;
   return kExitOk;
 }
@@ -1152,12 +1330,16 @@ void Session::Impl::record_run(int exit_code) {
   rec.exit_code = exit_code;
   try {
     rec.code_id = code_id_for_files(opts.binary_paths);
-    for (const auto& u : units)
+    // --count repetitions are rows of their test's own id.
+    for (std::size_t ui = 0; ui < units.size(); ++ui) {
+      const auto& u = units[ui];
       for (std::size_t t = 0; t < u.tests.size(); ++t) {
         const auto& r = u.results[t];
         if (!r) continue;
-        rec.rows.push_back(TestRow{u.tests[t].id(), r->outcome, r->duration, r->worker, r->gateway, r->message});
+        const std::string id = u.tests[t].binary + "::" + gtest_name(static_cast<int>(ui), static_cast<int>(t));
+        rec.rows.push_back(TestRow{id, r->outcome, r->duration, r->worker, r->gateway, r->message});
       }
+    }
     Repository repo(opts.rootdir);
     repo.record_run(rec);
   } catch (const std::exception& e) {

@@ -42,6 +42,17 @@ struct RunOptions {
   // is how the user asked ("-x", "--maxfail 3"), quoted in the reason.
   int maxfail = 0;
   std::string maxfail_option;
+  // --retries N: a test that ends failed, crashed or timeout runs again, in
+  // a new batch (possibly on another worker), up to N more times before its
+  // result counts. Passing on a retry makes it `flaky` (a pass, unless
+  // `flaky_fails`); failing every retry leaves its last failure. Only final
+  // outcomes count towards --maxfail.
+  int retries = 0;
+  bool flaky_fails = false;
+  // --count N: every selected test runs N times, each repetition its own
+  // result (ids suffixed "[k/N]"); two repetitions of one test never share a
+  // batch (each repetition is its own scheduler group).
+  int count = 1;
   // --rsyncdir: absolute, normalised roots, mirrored into the work dir of
   // every gateway that is not a plain local popen (once per host and dir).
   std::vector<std::string> rsyncdirs;

@@ -228,6 +228,8 @@ struct Harness {
   double timeout = 0;
   int maxfail = 0;
   std::string maxfail_option;
+  int retries = 0;
+  int count = 1;
 
   int run(const std::vector<std::string>& specs, const std::string& dist = "load") {
     RunOptions o;
@@ -247,6 +249,8 @@ struct Harness {
     o.timeout = timeout;
     o.maxfail = maxfail;
     o.maxfail_option = maxfail_option;
+    o.retries = retries;
+    o.count = count;
     session = std::make_unique<Session>(
         o,
         [this](const xspec::Spec&, const std::string& id) {
@@ -531,6 +535,72 @@ TEST(Session, MaxfailReachedByTheLastTestStopsNothing) {
   EXPECT_EQ(h.run({"popen"}), kExitTestsFailed);
   EXPECT_THAT(h.out.str(), HasSubstr("1 failed, 5 passed"));
   EXPECT_THAT(h.out.str(), Not(HasSubstr("stopped after")));
+}
+
+TEST(Session, RetriesRunAFailureAgainInNewBatchesAndKeepTheLastFailure) {
+  Harness h;
+  h.script.binaries["a"] = passing("A", 20);
+  h.script.binaries["a"][4].second = Outcome::failed;
+  h.script.crash = {"A.T9"};
+  h.retries = 2;
+  EXPECT_EQ(h.run({"2*popen"}), kExitTestsFailed);
+  const auto o = h.outcomes();
+  EXPECT_EQ(o.size(), 20u);
+  EXPECT_EQ(o.at("A.T4"), Outcome::failed);
+  EXPECT_EQ(o.at("A.T9"), Outcome::crashed);
+  EXPECT_EQ(o.at("A.T10"), Outcome::passed);
+  std::map<std::string, int> runs;
+  for (const auto& e : h.run_log) ++runs[e.substr(e.find(':') + 1)];
+  EXPECT_EQ(runs["A.T4"], 3);
+  EXPECT_EQ(runs["A.T9"], 3);
+  EXPECT_EQ(runs["A.T10"], 1);
+  // Never twice in one batch.
+  for (const auto& b : h.script.batches) {
+    std::set<std::string> names(b.begin(), b.end());
+    EXPECT_EQ(names.size(), b.size());
+  }
+  EXPECT_THAT(h.out.str(), HasSubstr("RETRY a::A.T9 (crashed; retry 2 of 2)"));
+  EXPECT_THAT(h.out.str(), HasSubstr("1 failed, 1 crashed, 18 passed"));
+}
+
+TEST(Session, MaxfailCountsAFailureOnlyOnceItsRetriesAreSpent) {
+  Harness h;
+  h.script.binaries["a"] = passing("A", 10);
+  h.script.binaries["a"][2].second = Outcome::failed;
+  h.retries = 1;
+  h.maxfail = 1;
+  h.maxfail_option = "-x";
+  EXPECT_EQ(h.run({"popen"}), kExitTestsFailed);
+  const auto o = h.outcomes();
+  EXPECT_EQ(o.at("A.T2"), Outcome::failed);
+  int runs = 0;
+  for (const auto& e : h.run_log) runs += e.substr(e.find(':') + 1) == "A.T2";
+  EXPECT_EQ(runs, 2);
+  int failed = 0;
+  for (const auto& [name, outcome] : o) failed += outcome == Outcome::failed;
+  EXPECT_EQ(failed, 1);
+}
+
+TEST(Session, CountRunsEveryTestNTimesNeverTwiceInABatch) {
+  Harness h;
+  h.script.binaries["a"] = passing("A", 12);
+  h.script.binaries["b"] = passing("B", 5);
+  h.script.binaries["b"][1].second = Outcome::failed;
+  h.count = 3;
+  EXPECT_EQ(h.run({"2*popen"}), kExitTestsFailed);
+  const auto o = h.outcomes();
+  EXPECT_EQ(o.size(), 51u);
+  EXPECT_EQ(o.at("A.T0[1/3]"), Outcome::passed);
+  EXPECT_EQ(o.at("B.T1[3/3]"), Outcome::failed);
+  std::map<std::string, int> runs;
+  for (const auto& e : h.run_log) ++runs[e.substr(e.find(':') + 1)];
+  EXPECT_EQ(runs.size(), 17u);
+  for (const auto& [name, n] : runs) EXPECT_EQ(n, 3) << name;
+  for (const auto& b : h.script.batches) {
+    std::set<std::string> names(b.begin(), b.end());
+    EXPECT_EQ(names.size(), b.size());
+  }
+  EXPECT_THAT(h.out.str(), HasSubstr("3 failed, 48 passed"));
 }
 
 }  // namespace

@@ -24,6 +24,7 @@ char outcome_letter(Outcome o) {
     case Outcome::crashed: return 'C';
     case Outcome::timeout: return 'T';
     case Outcome::not_run: return 'N';
+    case Outcome::flaky: return 'R';
   }
   return '?';
 }
@@ -134,7 +135,10 @@ void TerminalReporter::result(const Unit& unit, const TestCase& t, const TestRes
     if (!r.worker.empty()) out_ << "[" << r.worker << "] ";
     out_ << fmt::format("[{:3}%] {} {}", pct, upper(to_string(r.outcome)), t.id());
     if (!unit.name.empty() && unit.name != r.worker) out_ << " (" << unit.name << ")";
-    if (r.outcome != Outcome::passed && !r.message.empty()) out_ << " - " << r.message;
+    if (r.outcome == Outcome::flaky && !r.message.empty())
+      out_ << " (" << r.message << ")";
+    else if (r.outcome != Outcome::passed && !r.message.empty())
+      out_ << " - " << r.message;
     out_ << "\n";
     flush_soon();
     return;
@@ -147,8 +151,8 @@ void TerminalReporter::result(const Unit& unit, const TestCase& t, const TestRes
 
 std::string TerminalReporter::summary_line(const Summary& s) {
   static constexpr Outcome kOrder[] = {Outcome::failed,  Outcome::crashed, Outcome::timeout,
-                                       Outcome::passed,  Outcome::skipped, Outcome::xfailed,
-                                       Outcome::not_run};
+                                       Outcome::passed,  Outcome::flaky,   Outcome::skipped,
+                                       Outcome::xfailed, Outcome::not_run};
   std::string line;
   for (Outcome o : kOrder) {
     auto it = s.counts.find(o);
@@ -173,9 +177,11 @@ void TerminalReporter::finish(const std::vector<Unit>& units, const Summary& sum
   // get one line in the short summary, not a section each.
   const std::string& run_reason = summary.interrupted ? summary.interrupt_reason : summary.stop_reason;
   std::size_t stopped = 0;
+  std::vector<Bad> flaky;  // a line each in the short summary, no section
   for (const auto& u : units)
     for (std::size_t i = 0; i < u.tests.size(); ++i) {
       const auto& r = u.results[i];
+      if (r && r->outcome == Outcome::flaky) flaky.push_back({&u, &u.tests[i], &*r});
       if (!r || !is_failure(r->outcome)) continue;
       if (r->outcome == Outcome::not_run && !run_reason.empty() && r->message == run_reason)
         ++stopped;
@@ -200,8 +206,14 @@ void TerminalReporter::finish(const std::vector<Unit>& units, const Summary& sum
       }
     }
   }
-  if (!bad.empty() || stopped > 0) {
+  if (!bad.empty() || stopped > 0 || !flaky.empty()) {
     if (verbosity_ >= 0) rule("short test summary info", '=');
+    for (const auto& f : flaky) {
+      out_ << "FLAKY " << f.test->id();
+      if (!f.unit->name.empty()) out_ << " [" << f.unit->name << "]";
+      if (!f.result->message.empty()) out_ << " - " << f.result->message;
+      out_ << "\n";
+    }
     for (const auto& b : bad) {
       out_ << upper(to_string(b.result->outcome)) << " " << b.test->id();
       if (!b.unit->name.empty()) out_ << " [" << b.unit->name << "]";

@@ -56,7 +56,7 @@ class TerminalReporter {
   bool in_progress_ = false;
 };
 
-// Short letter for progress output: '.', 'F', 's', 'C', 'T', 'x', 'N'.
+// Short letter for progress output: '.', 'F', 's', 'C', 'T', 'x', 'N', 'R' (flaky).
 char outcome_letter(Outcome o);
 
 }  // namespace dtest

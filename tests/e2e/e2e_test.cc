@@ -1522,4 +1522,232 @@ TEST_F(e2e, BadTimeoutOrMaxfailIsAUsageError) {
   EXPECT_EQ(ok.exit_code, 0) << describe(ok);
 }
 
+
+// ===========================================================================
+// 14. --retries, --count, --repeat-until-fail, --ff (fx_flaky_test)
+// ===========================================================================
+
+namespace flaky {
+
+const std::string kFlaky = fixture("fx_flaky_test");
+
+// How many times a test of fx_flaky_test ran (lines of its runs file).
+int runs_of(const std::string& dir, const std::string& name) {
+  std::ifstream in(dir + "/" + name + ".runs");
+  int n = 0;
+  std::string line;
+  while (std::getline(in, line)) ++n;
+  return n;
+}
+
+// -v lines, flaky ones included: id -> {OUTCOME, rest of the line}.
+std::map<std::string, std::pair<std::string, std::string>> outcomes(const std::string& out) {
+  static const std::regex re(
+      R"(^(?:\[[^\]]*\] )?\[ *\d+%\] (PASSED|FAILED|SKIPPED|XFAILED|CRASHED|TIMEOUT|NOT RUN|FLAKY) (\S+)(.*)$)");
+  std::map<std::string, std::pair<std::string, std::string>> m;
+  for (const auto& l : split_lines(out)) {
+    std::smatch sm;
+    if (!std::regex_match(l, sm, re)) continue;
+    EXPECT_TRUE(m.emplace(sm[2], std::make_pair(sm[1].str(), sm[3].str())).second) << "reported twice: " << l;
+  }
+  return m;
+}
+
+}  // namespace flaky
+
+TEST_F(e2e, RetriesTurnAPassOnRetryIntoFlakyAndKeepTheLastFailure) {
+  using namespace flaky;
+  const std::string dir = tmp_ + "/runs";
+  fs::create_directories(dir);
+  RunOptions o;
+  o.env["FX_FLAKY_DIR"] = dir;
+  const std::string xml = tmp_ + "/out.xml";
+  const ProcResult r = run({"-n", "2", "-v", "--retries", "2", "--junitxml", xml, kFlaky}, o);
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 1) << describe(r);
+  const auto m = outcomes(r.out);
+  ASSERT_EQ(m.size(), 5u) << describe(r);
+  EXPECT_EQ(m.at(id_of(kFlaky, "Flaky.FailsOnce")).first, "FLAKY") << describe(r);
+  EXPECT_EQ(m.at(id_of(kFlaky, "Flaky.FailsOnce")).second, " (passed on retry 1 of 2)") << describe(r);
+  EXPECT_EQ(m.at(id_of(kFlaky, "Flaky.CrashesOnce")).first, "FLAKY") << describe(r);
+  EXPECT_EQ(m.at(id_of(kFlaky, "Flaky.AlwaysFails")).first, "FAILED") << describe(r);
+  EXPECT_EQ(m.at(id_of(kFlaky, "Flaky.Passes")).first, "PASSED") << describe(r);
+  EXPECT_EQ(m.at(id_of(kFlaky, "Flaky.FailsOnThird")).first, "PASSED") << describe(r);
+  // A failure runs 1 + 2 times at most; a pass is not run again.
+  EXPECT_EQ(runs_of(dir, "Flaky.AlwaysFails"), 3);
+  EXPECT_EQ(runs_of(dir, "Flaky.FailsOnce"), 2);
+  EXPECT_EQ(runs_of(dir, "Flaky.CrashesOnce"), 2);
+  EXPECT_EQ(runs_of(dir, "Flaky.Passes"), 1);
+  EXPECT_TRUE(contains(r.out, "RETRY " + id_of(kFlaky, "Flaky.AlwaysFails") + " (failed; retry 2 of 2)"))
+      << describe(r);
+  EXPECT_TRUE(contains(r.out, "FLAKY " + id_of(kFlaky, "Flaky.CrashesOnce") + " - passed on retry 1 of 2"))
+      << describe(r);
+  EXPECT_TRUE(contains(last_nonempty_line(r.out), "1 failed, 2 passed, 2 flaky in")) << describe(r);
+  // JUnit: a flaky test is a pass with a note.
+  const auto doc = load_junit(xml);
+  ASSERT_TRUE(doc.has_value());
+  EXPECT_TRUE(contains(read_file(xml), "failures=\"1\" errors=\"0\" skipped=\"0\"")) << read_file(xml);
+  EXPECT_TRUE(contains(read_file(xml), "<property name=\"outcome\" value=\"flaky\"/>")) << read_file(xml);
+  EXPECT_TRUE(contains(read_file(xml), "dtest: flaky: passed on retry 1 of 2")) << read_file(xml);
+  // The repository: flaky is stored, and is not a failure.
+  const ProcResult failing = run({"failing"});
+  EXPECT_EQ(failing.out, id_of(kFlaky, "Flaky.AlwaysFails") + "\n") << describe(failing);
+  const ProcResult last = run({"last"});
+  EXPECT_TRUE(contains(last.out, "FLAKY " + id_of(kFlaky, "Flaky.FailsOnce"))) << describe(last);
+}
+
+TEST_F(e2e, FlakyTestsPassUnlessFlakyFails) {
+  using namespace flaky;
+  for (const bool flaky_fails : {false, true}) {
+    const std::string dir = tmp_ + (flaky_fails ? "/strict" : "/lenient");
+    fs::create_directories(dir);
+    RunOptions o;
+    o.env["FX_FLAKY_DIR"] = dir;
+    o.env["FX_FLAKY_SKIP_ALWAYS"] = "1";
+    std::vector<std::string> args = {"-n", "1", "--retries", "1"};
+    if (flaky_fails) args.push_back("--flaky-fails");
+    args.push_back(kFlaky);
+    const ProcResult r = run(args, o);
+    ASSERT_FALSE(r.timed_out);
+    EXPECT_EQ(r.exit_code, flaky_fails ? 1 : 0) << describe(r);
+    EXPECT_TRUE(contains(last_nonempty_line(r.out), "2 passed, 2 flaky, 1 skipped in")) << describe(r);
+  }
+  // Without --retries the first failures count.
+  const std::string dir = tmp_ + "/none";
+  fs::create_directories(dir);
+  RunOptions o;
+  o.env["FX_FLAKY_DIR"] = dir;
+  o.env["FX_FLAKY_SKIP_ALWAYS"] = "1";
+  const ProcResult r = run({"-n", "1", kFlaky}, o);
+  EXPECT_EQ(r.exit_code, 1) << describe(r);
+  EXPECT_TRUE(contains(last_nonempty_line(r.out), "1 failed, 1 crashed, 2 passed, 1 skipped in")) << describe(r);
+}
+
+TEST_F(e2e, MaxfailCountsOnlyFailuresAfterRetries) {
+  using namespace flaky;
+  {
+    // Two tests fail once each: with a retry neither is a failure.
+    const std::string dir = tmp_ + "/a";
+    fs::create_directories(dir);
+    RunOptions o;
+    o.env["FX_FLAKY_DIR"] = dir;
+    o.env["FX_FLAKY_SKIP_ALWAYS"] = "1";
+    const ProcResult r = run({"-n", "1", "-x", "--retries", "1", kFlaky}, o);
+    EXPECT_EQ(r.exit_code, 0) << describe(r);
+    EXPECT_FALSE(contains(r.out, "stopped after")) << describe(r);
+    EXPECT_TRUE(contains(last_nonempty_line(r.out), "2 passed, 2 flaky, 1 skipped in")) << describe(r);
+  }
+  {
+    const std::string dir = tmp_ + "/b";
+    fs::create_directories(dir);
+    RunOptions o;
+    o.env["FX_FLAKY_DIR"] = dir;
+    const ProcResult r = run({"-n", "1", "-v", "-x", "--retries", "1", kFlaky}, o);
+    // The first failures of FailsOnce and CrashesOnce (listed first) did
+    // not stop the run; AlwaysFails' second one is the one -x counts.
+    EXPECT_EQ(r.exit_code, 1) << describe(r);
+    const auto m = outcomes(r.out);
+    EXPECT_EQ(m.at(id_of(kFlaky, "Flaky.FailsOnce")).first, "FLAKY") << describe(r);
+    EXPECT_EQ(m.at(id_of(kFlaky, "Flaky.CrashesOnce")).first, "FLAKY") << describe(r);
+    EXPECT_EQ(m.size(), 5u) << describe(r);
+    EXPECT_EQ(m.at(id_of(kFlaky, "Flaky.AlwaysFails")).first, "FAILED") << describe(r);
+    EXPECT_EQ(runs_of(dir, "Flaky.AlwaysFails"), 2);
+    int failures = 0;
+    for (const auto& [id, v] : m) failures += v.first == "FAILED" || v.first == "CRASHED";
+    EXPECT_EQ(failures, 1) << describe(r);
+  }
+}
+
+// One worker: repetitions of a test do not race on its runs file. Two
+// repetitions of one test in one batch would be ambiguous (results map back
+// by name): every repetition must run and report.
+TEST_F(e2e, CountRunsEveryTestNTimesNeverTwiceInOneBatch) {
+  using namespace flaky;
+  const std::string dir = tmp_ + "/runs";
+  fs::create_directories(dir);
+  RunOptions o;
+  o.env["FX_FLAKY_DIR"] = dir;
+  o.env["FX_FLAKY_SKIP_ALWAYS"] = "1";
+  const std::string xml = tmp_ + "/out.xml";
+  const ProcResult r = run({"-n", "1", "-v", "--count", "3", "--junitxml", xml, kFlaky}, o);
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 1) << describe(r);
+  const auto m = outcomes(r.out);
+  ASSERT_EQ(m.size(), 15u) << describe(r);
+  for (const char* name : {"Flaky.FailsOnce", "Flaky.CrashesOnce", "Flaky.Passes", "Flaky.FailsOnThird"}) {
+    EXPECT_EQ(runs_of(dir, name), 3) << name;
+    int bad = 0;
+    for (int k = 1; k <= 3; ++k) {
+      const std::string id = id_of(kFlaky, std::string(name) + "[" + std::to_string(k) + "/3]");
+      ASSERT_TRUE(m.count(id)) << id << describe(r);
+      bad += m.at(id).first != "PASSED";
+    }
+    EXPECT_EQ(bad, std::string(name) == "Flaky.Passes" ? 0 : 1) << name << describe(r);
+  }
+  EXPECT_TRUE(contains(last_nonempty_line(r.out), "2 failed, 1 crashed, 9 passed, 3 skipped in")) << describe(r);
+  EXPECT_TRUE(contains(read_file(xml), "name=\"Passes[2/3]\"")) << read_file(xml);
+  // The repository keeps the tests' own ids.
+  const ProcResult failing = run({"failing"});
+  EXPECT_TRUE(contains(failing.out, id_of(kFlaky, "Flaky.FailsOnce") + "\n")) << describe(failing);
+  EXPECT_FALSE(contains(failing.out, "[")) << describe(failing);
+}
+
+TEST_F(e2e, CountWithRetries) {
+  using namespace flaky;
+  const std::string dir = tmp_ + "/runs";
+  fs::create_directories(dir);
+  RunOptions o;
+  o.env["FX_FLAKY_DIR"] = dir;
+  o.env["FX_FLAKY_SKIP_ALWAYS"] = "1";
+  const ProcResult r = run({"-n", "1", "--count", "2", "--retries", "1", kFlaky}, o);
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  // FailsOnce, CrashesOnce: one repetition flaky; FailsOnThird runs twice.
+  EXPECT_TRUE(contains(last_nonempty_line(r.out), "6 passed, 2 flaky, 2 skipped in")) << describe(r);
+}
+
+TEST_F(e2e, RepeatUntilFailStopsAtTheFirstFailingIteration) {
+  using namespace flaky;
+  const std::string dir = tmp_ + "/runs";
+  fs::create_directories(dir);
+  // FailsOnce and CrashesOnce already had their first run: only
+  // FailsOnThird fails, on the third iteration.
+  for (const char* name : {"Flaky.FailsOnce", "Flaky.CrashesOnce"}) std::ofstream(dir + "/" + name + ".runs") << "run\n";
+  RunOptions o;
+  o.env["FX_FLAKY_DIR"] = dir;
+  o.env["FX_FLAKY_SKIP_ALWAYS"] = "1";
+  const ProcResult r = run({"-n", "1", "-q", "--repeat-until-fail", "5", kFlaky}, o);
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 1) << describe(r);
+  EXPECT_TRUE(contains(r.out, "dtest: --repeat-until-fail: iteration 3 of 5\n")) << describe(r);
+  EXPECT_FALSE(contains(r.out, "iteration 4 of 5")) << describe(r);
+  EXPECT_TRUE(contains(r.out, "dtest: --repeat-until-fail: iteration 3 of 5 failed (exit code 1)")) << describe(r);
+  EXPECT_EQ(runs_of(dir, "Flaky.Passes"), 3);
+
+  const ProcResult ok = run({"-n", "1", "-q", "--repeat-until-fail", "2", kPass});
+  EXPECT_EQ(ok.exit_code, 0) << describe(ok);
+  EXPECT_TRUE(contains(ok.out, "dtest: --repeat-until-fail: all 2 iterations passed")) << describe(ok);
+}
+
+TEST_F(e2e, RetryCountRepeatOptionsValidateAndFfIsAccepted) {
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--retries", "-1"}, "--retries expects a whole number >= 0, got '-1'"},
+      {{"--retries", "x"}, "--retries expects a whole number >= 0, got 'x'"},
+      {{"--count", "0"}, "--count expects a whole number >= 1, got '0'"},
+      {{"--repeat-until-fail", "0"}, "--repeat-until-fail expects a whole number >= 1, got '0'"},
+  };
+  for (const auto& [args, message] : cases) {
+    std::vector<std::string> argv = args;
+    argv.push_back(kPass);
+    const ProcResult r = run(argv);
+    ASSERT_FALSE(r.timed_out);
+    EXPECT_EQ(r.exit_code, 4) << describe(r);
+    EXPECT_TRUE(contains(r.err, "dtest: error: " + message)) << describe(r);
+  }
+  for (const char* ff : {"--ff", "--failed-first"}) {
+    const ProcResult ok = run({"-q", ff, "--retries", "0", kPass});
+    EXPECT_EQ(ok.exit_code, 0) << describe(ok);
+  }
+}
+
 }  // namespace
