@@ -4,6 +4,7 @@
 #include <csignal>
 #include <filesystem>
 #include <map>
+#include <regex>
 #include <random>
 #include <sched.h>
 #include <thread>
@@ -208,6 +209,11 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
   std::vector<std::string> spec_args;
   spec_cmd->add_option("specs", spec_args, "xspecs")->required();
 
+  std::vector<std::string> group_regexes;
+  app.add_option("--group", group_regexes,
+                 "with --dist loadgroup: tests whose id (binary::Suite.Name) matches this regex run on one "
+                 "worker, repeatable (one group per regex)")
+      ->allow_extra_args(false);
   bool last_failed = false;
   app.add_flag("--lf,--last-failed", last_failed, "run only the tests that failed in the last run (all if none did)");
 
@@ -374,6 +380,15 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
   opts.record = true;
   opts.args.assign(argv, argv + argc);
   opts.last_failed = last_failed;
+  for (const auto& g : group_regexes) {
+    try {
+      std::regex check(g);
+    } catch (const std::regex_error& e) {
+      err << "dtest: error: --group '" << g << "': not a regular expression (" << e.what() << ")\n";
+      return kExitUsageError;
+    }
+  }
+  opts.groups = group_regexes;
   // History from the run repository: last failures (first in the queue, and
   // all that --lf runs) and duration estimates (longest first).
   try {

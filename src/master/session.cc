@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <deque>
 #include <future>
+#include <regex>
 #include <map>
 #include <mutex>
 #include <set>
@@ -930,9 +931,23 @@ int Session::Impl::start_run() {
       std::vector<std::string> names;
       names.reserve(tests.size());
       for (std::size_t t = 0; t < tests.size(); ++t) names.push_back(count > 1 ? us.gtest_names[t] : tests[t].name);
-      // loadgroup's labels come from the config's `groups` (issue 5); without
-      // one every test is its own unit, as under load.
-      us.sched->set_units(Scheduler::units_for(mode, group_of, names, {}));
+      // loadgroup: a test's label is the first --group regex its id matches;
+      // a test matching none is scheduled on its own, as under load.
+      std::vector<std::string> labels;
+      if (mode == Distribution::loadgroup && !opts.groups.empty()) {
+        std::vector<std::regex> res;
+        for (const auto& rx : opts.groups) res.emplace_back(rx);
+        labels.resize(tests.size());
+        for (std::size_t t = 0; t < tests.size(); ++t) {
+          const std::string id = tests[t].binary + "::" + names[t];
+          for (std::size_t k = 0; k < res.size(); ++k)
+            if (std::regex_search(id, res[k])) {
+              labels[t] = "group" + std::to_string(k);
+              break;
+            }
+        }
+      }
+      us.sched->set_units(Scheduler::units_for(mode, group_of, names, labels));
     }
     // GoogleTest's shards run every test of the binary: not when some were
     // deselected (--lf).

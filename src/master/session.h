@@ -68,6 +68,10 @@ struct RunOptions {
   // Per test id: the repository's duration estimate (seconds). The scheduler
   // orders by them (longest first) and sizes batches in seconds.
   std::unordered_map<std::string, double> estimates;
+  // --dist loadgroup: a test whose id matches groups[k] (the first that
+  // does; ECMAScript regex, searched) belongs to group k, whose tests all run
+  // on one worker. (The config file's `groups` list, issue 5, feeds it too.)
+  std::vector<std::string> groups;
 };
 
 using GatewayFactory =

@@ -175,6 +175,30 @@ TEST_F(Repo, LoadscopeAndLoadfileKeepUnitsOnOneWorker) {
   for (const auto& [bin, ws] : m) EXPECT_EQ(ws.size(), 1u) << bin << "\n" << r.out;
 }
 
+TEST_F(Repo, LoadgroupKeepsEachGroupOnOneWorker) {
+  const std::string sleep = std::string(FIXTURES_DIR) + "/fx_sleep_test";
+  ProcResult r = dtest({"-v", "-n", "2", "--dist", "loadgroup", "--group", "SleepA\\.|SleepB\\.T1", sleep});
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  // SleepA.* and SleepB.T1 form one group: one worker for all five.
+  std::set<std::string> ws;
+  static const std::regex re(R"(^\[(gw\d+)\] \[ *\d+%\] PASSED \S+::(SleepA\.\S+|SleepB\.T1)\b.*$)");
+  std::istringstream in(r.out);
+  std::string l;
+  int n = 0;
+  while (std::getline(in, l)) {
+    std::smatch m;
+    if (std::regex_match(l, m, re)) {
+      ws.insert(m[1]);
+      ++n;
+    }
+  }
+  EXPECT_EQ(n, 5) << r.out;
+  EXPECT_EQ(ws.size(), 1u) << r.out;
+  r = dtest({"--dist", "loadgroup", "--group", "(", sleep});
+  EXPECT_EQ(r.exit_code, 4) << describe(r);
+  EXPECT_TRUE(contains(r.err, "--group '(': not a regular expression")) << r.err;
+}
+
 TEST_F(Repo, LastFailedWithNothingFailedRunsEverything) {
   ProcResult r = dtest({"-q", kPass});
   EXPECT_EQ(r.exit_code, 0) << describe(r);
