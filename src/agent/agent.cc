@@ -9,6 +9,7 @@
 #include <cstring>
 #include <fcntl.h>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <poll.h>
@@ -22,6 +23,7 @@
 #include "agent/gtest_adapter.h"
 #include "agent/gtest_parse.h"
 #include "agent/subprocess.h"
+#include "agent/suites.h"
 #include "common/fdio.h"
 #include "common/message.h"
 #include "sync/receiver.h"
@@ -58,6 +60,12 @@ struct Batch {
   std::string timed_out;
   bool exited = false;
   int status = 0;
+};
+
+// A batch of another suite kind (pytest, CTest, command), run by a Runner.
+struct OtherBatch {
+  std::int64_t id = 0;
+  std::unique_ptr<Runner> runner;
 };
 
 // Longer limits are no limit in practice, and keep the time arithmetic
@@ -102,7 +110,7 @@ nlohmann::json hello_body() {
           {"hostname", host},
           {"pid", ::getpid()},
           {"cwd", cwd},
-          {"caps", {"gtest", "zstd", "sync"}}};
+          {"caps", {"gtest", "zstd", "sync", "pytest", "ctest", "command"}}};
 }
 
 class Agent {
@@ -123,6 +131,9 @@ class Agent {
   std::size_t read_batch(Batch& b, bool drain);
   void parse_output(Batch& b, std::string_view bytes);
   void add_result(Batch& b, gtest::TestEvent& e, double seconds, const std::string& message);
+  void add_report(std::int64_t batch, TestReport& r);
+  void start_other(const Message& m, const std::string& kind);
+  void step_others();
   void finish_batch(Batch& b);
   void check_timeouts();
   int poll_timeout_ms() const;
@@ -145,6 +156,8 @@ class Agent {
   sync::Receiver receiver_;
   FrameDecoder decoder_;
   std::vector<std::unique_ptr<Batch>> batches_;
+  std::vector<OtherBatch> others_;
+  SuiteHost suites_;
   // Results not yet sent (all of one batch): packed records, and the output
   // and message of the tests that have one, as [index, text] pairs.
   std::int64_t pending_batch_ = -1;
@@ -179,6 +192,62 @@ void Agent::add_result(Batch& b, gtest::TestEvent& e, double seconds, const std:
   append_record(pending_records_, {it->second, e.outcome, seconds});
   if (!e.output.empty()) pending_outputs_.push_back({it->second, std::move(e.output)});
   if (!message.empty()) pending_messages_.push_back({it->second, message});
+}
+
+void Agent::add_report(std::int64_t batch, TestReport& r) {
+  if (pending_batch_ != batch) flush_events();
+  pending_batch_ = batch;
+  append_record(pending_records_, {r.index, r.outcome, r.seconds});
+  if (!r.output.empty()) pending_outputs_.push_back({r.index, std::move(r.output)});
+  if (!r.message.empty()) pending_messages_.push_back({r.index, std::move(r.message)});
+}
+
+void Agent::start_other(const Message& m, const std::string& kind) {
+  OtherBatch b;
+  b.id = get_int(m, "batch");
+  const auto& tests = field(m, "tests");
+  if (!tests.is_array()) throw ProtocolError("run message: 'tests' is not a list");
+  std::vector<std::string> names;
+  for (const auto& t : tests) {
+    if (!t.is_string()) throw ProtocolError("run message: 'tests' holds a non-string");
+    names.push_back(t.get<std::string>());
+  }
+  double timeout = 0;
+  if (auto t = m.body.find("timeout"); t != m.body.end()) {
+    const double v = t->is_number() ? t->get<double>() : -1;
+    if (!(v >= 0) || !std::isfinite(v))
+      throw ProtocolError("run message: 'timeout' is not a number of seconds >= 0");
+    timeout = std::min(v, kMaxTimeout);
+  }
+  std::map<std::string, std::string> env;
+  if (auto it = m.body.find("env"); it != m.body.end() && it->is_object())
+    for (const auto& [k, v] : it->items())
+      if (v.is_string()) env[k] = v.get<std::string>();
+  nlohmann::json source = field(m, "source");
+  if (!source.is_object()) throw ProtocolError("run message: 'source' is not a map");
+  source["kind"] = kind;
+  b.runner = suites_.runner(source, std::move(names), env, timeout);
+  others_.push_back(std::move(b));
+  step_others();
+}
+
+// Drives every non-GoogleTest batch one step; a finished one reports.
+void Agent::step_others() {
+  for (auto it = others_.begin(); it != others_.end();) {
+    std::vector<TestReport> reports;
+    it->runner->step(reports);
+    for (auto& r : reports) add_report(it->id, r);
+    if (!it->runner->done()) {
+      ++it;
+      continue;
+    }
+    flush_events();
+    nlohmann::json body = it->runner->summary();
+    body["batch"] = it->id;
+    it->runner->kill();  // hands a pytest worker back to the pool
+    send(MsgKind::batch_done, std::move(body));
+    it = others_.erase(it);
+  }
 }
 
 void Agent::parse_output(Batch& b, std::string_view bytes) {
@@ -289,9 +358,16 @@ void Agent::check_timeouts() {
 // 200 ms while batches run (a safety net for reaping; SIGCHLD normally
 // wakes us), forever when idle.
 int Agent::poll_timeout_ms() const {
-  if (batches_.empty()) return -1;
+  if (batches_.empty() && others_.empty()) return -1;
   int ms = 200;
   const auto now = Clock::now();
+  for (const auto& b : others_) {
+    const auto d = b.runner->deadline();
+    if (!d) continue;
+    if (*d <= now) return 0;
+    const double left = std::ceil(std::chrono::duration<double, std::milli>(*d - now).count());
+    if (left < ms) ms = static_cast<int>(left);
+  }
   for (const auto& b : batches_) {
     const auto d = deadline(*b);
     if (!d) continue;
@@ -382,6 +458,22 @@ void Agent::dispatch(const Message& m) {
   switch (m.kind) {
     case MsgKind::collect: {
       const std::int64_t id = get_int(m, "id");
+      if (auto srcs = m.body.find("sources"); srcs != m.body.end()) {
+        // One entry per source, any kind; GoogleTest binaries by `path`.
+        if (!srcs->is_array()) throw ProtocolError("collect message: 'sources' is not a list");
+        nlohmann::json entries = nlohmann::json::array();
+        for (const auto& src : *srcs) {
+          if (src.is_object() && src.value("kind", "") == "gtest") {
+            if (!src.contains("path") || !src["path"].is_string())
+              throw ProtocolError("collect message: a gtest source without a 'path'");
+            entries.push_back(gtest::collect_binary(src["path"].get<std::string>()));
+          } else {
+            entries.push_back(suites_.collect(src));
+          }
+        }
+        send(MsgKind::collected, {{"id", id}, {"binaries", std::move(entries)}});
+        return;
+      }
       const auto& suite = field(m, "suite");
       if (!suite.is_object() || !suite.contains("kind") || suite["kind"] != "gtest")
         throw ProtocolError("collect message: unsupported suite kind");
@@ -395,9 +487,12 @@ void Agent::dispatch(const Message& m) {
       send(MsgKind::collected, {{"id", id}, {"binaries", std::move(bins)}});
       return;
     }
-    case MsgKind::run:
+    case MsgKind::run: {
+      const auto k = m.body.find("kind");
+      if (k != m.body.end() && k->is_string() && *k != "gtest") return start_other(m, k->get<std::string>());
       start_batch(m);
       return;
+    }
     case MsgKind::shutdown:
       stop_ = true;
       return;
@@ -421,6 +516,9 @@ void Agent::kill_all() {
     if (!b->flagfile.empty()) ::unlink(b->flagfile.c_str());
   }
   batches_.clear();
+  for (auto& b : others_) b.runner->kill();
+  others_.clear();
+  suites_.shutdown();
 }
 
 int Agent::run() {
@@ -439,6 +537,9 @@ int Agent::run() {
       std::vector<pollfd> fds = {{in_, POLLIN, 0}, {g_signal_pipe[0], POLLIN, 0}};
       for (auto& b : batches_)
         if (b->child.out_fd >= 0) fds.push_back({b->child.out_fd, POLLIN, 0});
+      std::vector<int> other_fds;
+      for (auto& b : others_) b.runner->fds(other_fds);
+      for (int fd : other_fds) fds.push_back({fd, POLLIN, 0});
       const int r = ::poll(fds.data(), fds.size(), poll_timeout_ms());
       if (r < 0 && errno != EINTR) throw std::runtime_error(std::string("poll: ") + std::strerror(errno));
       if (r > 0 && fds[1].revents) {
@@ -461,6 +562,7 @@ int Agent::run() {
       }
       check_timeouts();
       reap();
+      step_others();
       flush_events();
       if (r > 0 && fds[0].revents) {
         const ssize_t n = read_some(in_, buf, sizeof buf);

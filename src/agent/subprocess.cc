@@ -63,6 +63,22 @@ Child spawn(const SpawnOptions& opts) {
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_adddup2(&fa, out.w, 1);
   posix_spawn_file_actions_adddup2(&fa, opts.merge_stderr ? out.w : err.w, 2);
+  // Inherited descriptors go through private high copies first, so that a
+  // source whose number is another's target is not clobbered by the order of
+  // the dup2s (and dup2 onto itself would leave close-on-exec set).
+  std::vector<int> staged;
+  for (const auto& [from, to] : opts.inherit) {
+    const int hi = ::fcntl(from, F_DUPFD_CLOEXEC, 64);
+    if (hi < 0) {
+      for (int fd : staged) ::close(fd);
+      posix_spawn_file_actions_destroy(&fa);
+      for (int fd : {out.r, out.w, err.r, err.w}) ::close(fd);
+      throw std::runtime_error(std::string("spawn: cannot pass a descriptor: ") + std::strerror(errno));
+    }
+    staged.push_back(hi);
+    posix_spawn_file_actions_adddup2(&fa, hi, to);
+  }
+  if (!opts.cwd.empty()) posix_spawn_file_actions_addchdir_np(&fa, opts.cwd.c_str());
 
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
@@ -86,12 +102,14 @@ Child spawn(const SpawnOptions& opts) {
                         : ::posix_spawn(&pid, cargv[0], &fa, &attr, cargv.data(), cenv.data());
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&attr);
+  for (int fd : staged) ::close(fd);
   ::close(out.w);
   ::close(err.w);
   if (rc != 0) {
     ::close(out.r);
     ::close(err.r);
-    throw std::runtime_error("cannot run " + opts.argv[0] + ": " + std::strerror(rc));
+    throw std::runtime_error("cannot run " + opts.argv[0] + (opts.cwd.empty() ? "" : " in " + opts.cwd) + ": " +
+                             std::strerror(rc));
   }
   Child c;
   c.pid = pid;

@@ -15,6 +15,11 @@ struct SpawnOptions {
   std::map<std::string, std::string> env;  // added to / overriding the agent's
   std::vector<std::string> unset;          // removed from the agent's
   bool merge_stderr = true;  // stderr into the same pipe as stdout
+  std::string cwd;           // working directory; empty: the agent's
+  // Extra descriptors the child inherits: {parent fd, fd number in the
+  // child} (numbers >= 3). A persistent pytest worker gets its command and
+  // event pipes this way.
+  std::vector<std::pair<int, int>> inherit;
 };
 
 struct Child {

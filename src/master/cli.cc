@@ -14,7 +14,9 @@
 #include <nlohmann/json.hpp>
 
 #include "gateway/gateway.h"
+#include "master/config.h"
 #include "master/repository.h"
+#include "master/sources.h"
 #include "master/session.h"
 #include "master/sync_command.h"
 #include "sync/ignore.h"
@@ -145,9 +147,41 @@ std::vector<std::string> ignore_patterns(const std::vector<std::string>& extra, 
   return all;
 }
 
+// The config file's folder, or the working directory: where .dtest/ lives.
+std::string find_rootdir(const std::string& config_file) {
+  namespace fs = std::filesystem;
+  const std::string cwd = fs::current_path().string();
+  if (!config_file.empty()) return fs::absolute(config_file).lexically_normal().parent_path().string();
+  if (auto found = config::find(cwd)) return fs::path(*found).parent_path().string();
+  return cwd;
+}
+
+// --show-config: every merged setting and where it came from.
+void show_config(const config::Config& cfg, const RunOptions& opts, const std::vector<std::pair<std::string, std::string>>& settings,
+                 std::ostream& out) {
+  out << "rootdir: " << opts.rootdir << "\n";
+  out << "configfile: " << (cfg.path.empty() ? "(none)" : cfg.path) << "\n";
+  for (const auto& [k, v] : settings) out << k << ": " << v << "\n";
+  out << "suites:\n";
+  for (std::size_t k = 0; k < opts.binaries.size(); ++k) out << "  - " << describe_source(opts, k) << "\n";
+}
+
+std::string origin_text(const config::Origin& o) { return o.file.empty() ? "command line" : o.str(); }
+
 }  // namespace
 
-int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
+int dtest_main(int argc_in, char** argv_in, std::ostream& out, std::ostream& err) {
+  // Everything after `--` goes to pytest.
+  std::vector<char*> args(argv_in, argv_in + argc_in);
+  std::vector<std::string> pytest_args;
+  for (std::size_t i = 1; i < args.size(); ++i)
+    if (std::string(args[i]) == "--") {
+      for (std::size_t j = i + 1; j < args.size(); ++j) pytest_args.emplace_back(args[j]);
+      args.resize(i);
+      break;
+    }
+  const int argc = static_cast<int>(args.size());
+  char** argv = args.data();
   CLI::App app{"dtest: run test suites across local workers and remote hosts", "dtest"};
   app.set_version_flag("--version", std::string("dtest ") + DTEST_VERSION);
   std::vector<std::string> binaries;
@@ -160,7 +194,15 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
   double hello_timeout = 30;
   std::vector<std::string> rsyncdirs, rsyncignore;
 
-  app.add_option("binaries", binaries, "GoogleTest binaries to run");
+  app.add_option("binaries", binaries,
+                 "what to run: GoogleTest binaries, a CMake build tree, pytest paths or node ids (default: the "
+                 "config file's [[suite]]s, else the working directory's build tree or pytest project); "
+                 "arguments after -- go to pytest");
+  std::string config_file;
+  bool show_config_flag = false;
+  app.add_option("-c,--config", config_file, "the config file (default: the nearest dtest.toml, or pyproject.toml "
+                                               "with [tool.dtest], from the working directory up)");
+  app.add_flag("--show-config", show_config_flag, "print the merged settings and where each came from, then exit");
   app.add_option("-n,--numprocesses", numprocesses, "number of local workers, or 'auto' (one per CPU); means --tx N*popen");
   app.add_option("--tx", tx, "gateway xspec, repeatable: popen, 3*popen//chdir=/tmp/w, ...")
       ->allow_extra_args(false);
@@ -257,7 +299,7 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
   if (*disconnect_cmd) return gateway::close_warm_connections(disconnect_targets, out);
   if (*last_cmd || *failing_cmd || *slowest_cmd || *history_cmd) {
     try {
-      auto repo = Repository::open_existing(std::filesystem::current_path().string());
+      auto repo = Repository::open_existing(find_rootdir(config_file));
       if (*failing_cmd) {
         if (!repo) {
           err << "dtest: " << kNoRunsMessage << "\n";
@@ -298,6 +340,93 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
   }
 
   std::vector<std::string> errors;
+  namespace fs = std::filesystem;
+  // The config file, merged under the command line: lists add up (tx,
+  // rsyncdir, rsyncignore, groups), single values are overridden.
+  config::Config cfg;
+  {
+    std::optional<std::string> path;
+    if (!config_file.empty()) path = config_file;
+    else path = config::find(fs::current_path().string());
+    if (path) {
+      std::vector<std::string> cfg_errors;
+      cfg = config::load(*path, cfg_errors);
+      if (!cfg_errors.empty()) {
+        for (const auto& e : cfg_errors) err << "dtest: error: " << e << "\n";
+        return kExitUsageError;
+      }
+    }
+  }
+  std::vector<std::pair<std::string, std::string>> shown;  // --show-config
+  auto note_value = [&](const std::string& key, const std::string& value, const std::string& from) {
+    shown.emplace_back(key, value + "  (" + from + ")");
+  };
+  if (numprocesses.empty() && cfg.numprocesses) {
+    numprocesses = cfg.numprocesses->value;
+    note_value("numprocesses", numprocesses, origin_text(cfg.numprocesses->origin));
+  } else if (!numprocesses.empty()) {
+    note_value("numprocesses", numprocesses, "command line");
+  }
+  if (dist.empty() && cfg.dist) {
+    dist = cfg.dist->value;
+    note_value("dist", dist, origin_text(cfg.dist->origin));
+  } else if (!dist.empty()) {
+    note_value("dist", dist, "command line");
+  }
+  {
+    std::vector<std::string> merged;
+    for (const auto& t : cfg.tx) {
+      merged.push_back(t.value);
+      note_value("tx", t.value, origin_text(t.origin));
+    }
+    for (const auto& t : tx) note_value("tx", t, "command line");
+    merged.insert(merged.end(), tx.begin(), tx.end());
+    tx = std::move(merged);
+    std::vector<std::string> dirs;
+    for (const auto& d : cfg.rsyncdirs) {
+      dirs.push_back(d.value);
+      note_value("rsyncdir", d.value, origin_text(d.origin));
+    }
+    for (const auto& d : rsyncdirs) note_value("rsyncdir", d, "command line");
+    dirs.insert(dirs.end(), rsyncdirs.begin(), rsyncdirs.end());
+    rsyncdirs = std::move(dirs);
+    std::vector<std::string> ign;
+    for (const auto& d : cfg.rsyncignore) {
+      ign.push_back(d.value);
+      note_value("rsyncignore", d.value, origin_text(d.origin));
+    }
+    for (const auto& d : rsyncignore) note_value("rsyncignore", d, "command line");
+    ign.insert(ign.end(), rsyncignore.begin(), rsyncignore.end());
+    rsyncignore = std::move(ign);
+    std::vector<std::string> grp;
+    for (const auto& g : cfg.groups) {
+      grp.push_back(g.value);
+      note_value("group", g.value, origin_text(g.origin));
+    }
+    for (const auto& g : group_regexes) note_value("group", g, "command line");
+    grp.insert(grp.end(), group_regexes.begin(), group_regexes.end());
+    group_regexes = std::move(grp);
+  }
+  if (timeout_text.empty() && cfg.timeout) {
+    timeout_text = fmt::format("{}", cfg.timeout->value);
+    note_value("timeout", timeout_text, origin_text(cfg.timeout->origin));
+  } else if (!timeout_text.empty()) {
+    note_value("timeout", timeout_text, "command line");
+  }
+  if (maxfail_text.empty() && !exitfirst && cfg.maxfail) {
+    maxfail_text = std::to_string(cfg.maxfail->value);
+    note_value("maxfail", maxfail_text, origin_text(cfg.maxfail->origin));
+  }
+  if (retries_text.empty() && cfg.retries) {
+    retries_text = std::to_string(cfg.retries->value);
+    note_value("retries", retries_text, origin_text(cfg.retries->origin));
+  }
+  if (cfg.setup_host) note_value("setup.host", cfg.setup_host->value, origin_text(cfg.setup_host->origin));
+  if (cfg.setup_worker) note_value("setup.worker", cfg.setup_worker->value, origin_text(cfg.setup_worker->origin));
+  if (cfg.setup_host || cfg.setup_worker)
+    err << "dtest: warning: " << origin_text(cfg.setup_host ? cfg.setup_host->origin : cfg.setup_worker->origin)
+        << ": [setup] hooks are not implemented yet; they are ignored\n";
+
   std::vector<std::string> spec_texts;
   if (!numprocesses.empty()) {
     int n = 0;
@@ -329,11 +458,11 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
   errors.insert(errors.end(), spec_errors.begin(), spec_errors.end());
 
   RunOptions opts;
+  opts.rootdir = cfg.rootdir.empty() ? fs::current_path().string() : cfg.rootdir;
   opts.rsyncdirs = check_roots(rsyncdirs, errors);
   opts.rsyncignore = ignore_patterns(rsyncignore, errors);
   opts.sync_cache_dir = cache_dir();
   if (!opts.sync_cache_dir.empty()) opts.sync_cache_dir += "/sync";
-  namespace fs = std::filesystem;
   if (!timeout_text.empty()) opts.timeout = parse_timeout(timeout_text, errors);
   if (!maxfail_text.empty()) {
     opts.maxfail = parse_maxfail(maxfail_text, errors);
@@ -353,16 +482,12 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
   if (!count_text.empty()) opts.count = parse_whole(count_text, "--count", 1, errors);
   int until_fail = 0;
   if (!until_fail_text.empty()) until_fail = parse_whole(until_fail_text, "--repeat-until-fail", 1, errors);
-  if (binaries.empty()) errors.push_back("no test binaries given (usage: dtest [options] BINARY...)");
-  for (const auto& b : binaries) {
-    std::error_code ec;
-    const fs::path p = fs::absolute(b, ec).lexically_normal();
-    if (!fs::exists(p, ec)) {
-      errors.push_back("no such file: " + b);
-      continue;
-    }
-    opts.binaries.push_back(b);
-    opts.binary_paths.push_back(p.string());
+  std::vector<std::string> notes;
+  resolve_sources(binaries, pytest_args, cfg, fs::current_path().string(), opts, errors, notes);
+  if (show_config_flag) {
+    for (const auto& e : errors) err << "dtest: error: " << e << "\n";
+    show_config(cfg, opts, shown, out);
+    return errors.empty() ? kExitOk : kExitUsageError;
   }
   if (!errors.empty()) {
     for (const auto& e : errors) err << "dtest: error: " << e << "\n";
@@ -373,7 +498,7 @@ int dtest_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
   opts.dist = dist;
   opts.verbosity = verbose > 0 ? 1 : (quiet > 0 ? -1 : 0);
   opts.junitxml = junitxml;
-  opts.rootdir = fs::current_path().string();
+  for (const auto& n : notes) out << "dtest: " << n << "\n";
   opts.testrunuid = random_uid();
   opts.continue_on_collection_errors = continue_on_errors;
   opts.hello_timeout = hello_timeout;

@@ -17,7 +17,11 @@ struct TestCase {
   std::string name;    // GoogleTest full name, "Suite.Name"
   bool disabled = false;
   std::string type_param, value_param;
-  std::string id() const { return binary + "::" + name; }
+  std::string group;    // pytest's xdist_group mark (loadgroup), else empty
+  // "binary::Suite.Name" for GoogleTest; sources without a display prefix
+  // (pytest, CTest and command suites without a `name`) use the bare name,
+  // so pytest ids are pytest's node ids.
+  std::string id() const { return binary.empty() ? name : binary + "::" + name; }
   // "Suite" of "Suite.Name", "Inst/Suite" of "Inst/Suite.Name/0".
   std::string suite() const { return name.substr(0, name.find('.')); }
   std::string short_name() const {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <ctime>
 #include <filesystem>
+#include <sys/stat.h>
 #include <fstream>
 #include <memory>
 #include <random>
@@ -630,6 +631,31 @@ std::string code_id_for_files(const std::vector<std::string>& paths) {
   XXH3_128bits_reset(st.get());
   std::vector<char> buf(1 << 20);
   for (const auto& p : paths) {
+    std::error_code ec;
+    if (std::filesystem::is_directory(p, ec)) {
+      // A source folder (pytest project, build tree, command suite): its
+      // files' names, sizes and mtimes stand for its code (hashing every
+      // byte of a large tree on each run would cost more than it tells).
+      std::vector<std::string> entries;
+      namespace fs = std::filesystem;
+      for (auto it = fs::recursive_directory_iterator(p, fs::directory_options::skip_permission_denied, ec);
+           !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        if (it->is_directory(ec) && (name.starts_with(".") || name == "__pycache__")) {
+          it.disable_recursion_pending();
+          continue;
+        }
+        if (!it->is_regular_file(ec)) continue;
+        struct stat sb {};
+        if (::stat(it->path().c_str(), &sb) != 0) continue;
+        entries.push_back(fmt::format("{}\t{}\t{}.{}", it->path().lexically_relative(p).string(), sb.st_size,
+                                      sb.st_mtim.tv_sec, sb.st_mtim.tv_nsec));
+        if (entries.size() > 200000) break;
+      }
+      std::sort(entries.begin(), entries.end());
+      for (const auto& e : entries) XXH3_128bits_update(st.get(), e.data(), e.size() + 1);
+      continue;
+    }
     std::ifstream in(p, std::ios::binary);
     if (!in) throw RepositoryError(p + ": cannot read (computing the code id)");
     std::uint64_t size = 0;

@@ -27,10 +27,20 @@ std::vector<int> Scheduler::units_for(Distribution mode, const std::vector<int>&
       case Distribution::load:
         break;
       case Distribution::loadfile:
-        out[t] = unit(group_of[t], {});
+        // pytest node ids carry their file ("tests/a.py::test_x"); a
+        // GoogleTest binary is one file.
+        if (t < names.size() && names[t].find("::") != std::string::npos)
+          out[t] = unit(group_of[t], names[t].substr(0, names[t].find("::")));
+        else
+          out[t] = unit(group_of[t], {});
         break;
       case Distribution::loadscope:
-        if (t < names.size()) out[t] = unit(group_of[t], names[t].substr(0, names[t].find('.')));
+        // pytest: the node id up to its last "::" (class or module, as
+        // xdist's loadscope); GoogleTest: the test suite.
+        if (t < names.size() && names[t].find("::") != std::string::npos)
+          out[t] = unit(group_of[t], names[t].substr(0, names[t].rfind("::")));
+        else if (t < names.size())
+          out[t] = unit(group_of[t], names[t].substr(0, names[t].find('.')));
         break;
       case Distribution::loadgroup:
         if (t < labels.size() && !labels[t].empty()) out[t] = unit(-1, labels[t]);

@@ -180,6 +180,10 @@ std::string sync_key_of(const xspec::Spec& s) {
   return type + "=" + s.get(type).value_or("") + "//chdir=" + chdir.value_or("");
 }
 
+std::string make_id(const std::string& prefix, const std::string& name) {
+  return prefix.empty() ? name : prefix + "::" + name;
+}
+
 std::string group_key_of(const xspec::Spec& s) {
   std::string key;
   for (const auto& it : s.items) {
@@ -241,6 +245,13 @@ struct Session::Impl {
   void stop_syncs();
   void record_run(int exit_code);
   std::string path_for(int slot, std::size_t binary) const;
+  std::string map_path(int slot, const std::string& p) const;
+  const std::string& kind_of(std::size_t source) const {
+    static const std::string gtest = "gtest";
+    return source < opts.kinds.size() ? opts.kinds[source] : gtest;
+  }
+  nlohmann::json source_for(int slot, std::size_t source) const;
+  void fill_run(nlohmann::json& run, int slot, std::size_t source) const;
   void on_collected(int i, const Message& m);
   void on_events(int i, const Message& m);
   void on_batch_done(int i, const Message& m);
@@ -338,15 +349,43 @@ void Session::Impl::start_slots() {
 }
 
 std::string Session::Impl::path_for(int slot, std::size_t binary) const {
-  const std::string& p = opts.binary_paths[binary];
+  return map_path(slot, opts.binary_paths[binary]);
+}
+
+// What a non-GoogleTest source looks like to one gateway's agent: its
+// folders inside a synced root point at the agent's copy.
+nlohmann::json Session::Impl::source_for(int slot, std::size_t source) const {
+  nlohmann::json d = opts.descriptors[source];
+  d["kind"] = kind_of(source);
+  for (const char* key : {"cwd", "build_dir"})
+    if (auto it = d.find(key); it != d.end() && it->is_string()) *it = map_path(slot, it->get<std::string>());
+  return d;
+}
+
+// The kind-specific part of a run message.
+void Session::Impl::fill_run(nlohmann::json& run, int slot, std::size_t source) const {
+  run["kind"] = kind_of(source);
+  if (kind_of(source) == "gtest") {
+    run["binary"] = path_for(slot, source);
+  } else {
+    run["binary"] = opts.binaries[source];
+    run["source"] = source_for(slot, source);
+  }
+  const double t = source < opts.source_timeouts.size() && opts.source_timeouts[source] >= 0
+                       ? opts.source_timeouts[source]
+                       : opts.timeout;
+  if (t > 0) run["timeout"] = t;
+}
+
+std::string Session::Impl::map_path(int slot, const std::string& p) const {
   if (slots[static_cast<std::size_t>(slot)]->sync < 0) return p;
   // A binary inside a synced root runs from the agent's copy of that root.
   for (const auto& root : opts.rsyncdirs) {
-    if (p.size() > root.size() + 1 && p.compare(0, root.size(), root) == 0 && p[root.size()] == '/') {
-      const auto slash = root.find_last_of('/');
-      const std::string name = slash == std::string::npos ? root : root.substr(slash + 1);
+    const auto slash = root.find_last_of('/');
+    const std::string name = slash == std::string::npos ? root : root.substr(slash + 1);
+    if (p.size() > root.size() + 1 && p.compare(0, root.size(), root) == 0 && p[root.size()] == '/')
       return name + "/" + p.substr(root.size() + 1);
-    }
+    if (p == root) return name;
   }
   return p;
 }
@@ -614,10 +653,21 @@ void Session::Impl::ask_collect(CollectGroup& g) {
   for (int i : g.slots) {
     if (slots[static_cast<std::size_t>(i)]->state != SlotState::ready) continue;
     g.asked = i;
-    nlohmann::json bins = nlohmann::json::array();
-    for (std::size_t b = 0; b < opts.binary_paths.size(); ++b) bins.push_back(path_for(i, b));
-    trace("{} collects {}", slots[static_cast<std::size_t>(i)]->info.id, bins.dump());
-    send(i, MsgKind::collect, {{"id", 1}, {"suite", {{"kind", "gtest"}, {"binaries", bins}}}});
+    const bool all_gtest =
+        std::all_of(opts.kinds.begin(), opts.kinds.end(), [](const std::string& k) { return k == "gtest"; });
+    if (all_gtest) {
+      nlohmann::json bins = nlohmann::json::array();
+      for (std::size_t b = 0; b < opts.binary_paths.size(); ++b) bins.push_back(path_for(i, b));
+      trace("{} collects {}", slots[static_cast<std::size_t>(i)]->info.id, bins.dump());
+      send(i, MsgKind::collect, {{"id", 1}, {"suite", {{"kind", "gtest"}, {"binaries", bins}}}});
+      return;
+    }
+    nlohmann::json sources = nlohmann::json::array();
+    for (std::size_t b = 0; b < opts.binaries.size(); ++b)
+      sources.push_back(kind_of(b) == "gtest" ? nlohmann::json{{"kind", "gtest"}, {"path", path_for(i, b)}}
+                                              : source_for(i, b));
+    trace("{} collects {}", slots[static_cast<std::size_t>(i)]->info.id, sources.dump());
+    send(i, MsgKind::collect, {{"id", 1}, {"sources", std::move(sources)}});
     return;
   }
   // Nobody of the group is up (yet): if all are dead the group failed.
@@ -647,6 +697,11 @@ void Session::Impl::on_collected(int i, const Message& m) {
     if (auto e = entry.find("error"); e != entry.end()) {
       errors.push_back(e->is_string() ? e->get<std::string>() : "unknown error");
       continue;
+    }
+    // Errors beside a listing (pytest: a file that failed to import).
+    if (auto e = entry.find("errors"); e != entry.end()) {
+      if (!e->is_array()) throw ProtocolError("collected message: 'errors' is not a list");
+      for (const auto& x : *e) errors.push_back(x.is_string() ? x.get<std::string>() : "unknown error");
     }
     const auto names = entry.find("names");
     const auto count = entry.find("count");
@@ -679,6 +734,11 @@ void Session::Impl::on_collected(int i, const Message& m) {
       return tests[first + v.get<std::size_t>()];
     };
     mark("disabled", [&](const nlohmann::json& v) { index(v, "disabled").disabled = true; });
+    mark("groups", [&](const nlohmann::json& v) {
+      if (!v.is_array() || v.size() != 2 || !v[1].is_string())
+        throw ProtocolError("collected message: 'groups' holds something other than [index, name]");
+      index(v[0], "groups").group = v[1].get<std::string>();
+    });
     for (const char* key : {"type_params", "value_params"})
       mark(key, [&](const nlohmann::json& v) {
         if (!v.is_array() || v.size() != 2 || !v[1].is_string())
@@ -793,14 +853,12 @@ bool Session::Impl::dispatch_retry(int i) {
   s.batch = id;
   nlohmann::json run = {
       {"batch", id},
-      {"kind", "gtest"},
-      {"binary", path_for(i, static_cast<std::size_t>(binary))},
       {"tests", std::move(names)},
       {"env",
        {{"DTEST_WORKER", s.info.id},
         {"DTEST_WORKER_COUNT", std::to_string(slots.size())},
         {"DTEST_TESTRUNUID", opts.testrunuid}}}};
-  if (opts.timeout > 0) run["timeout"] = opts.timeout;
+  fill_run(run, i, static_cast<std::size_t>(binary));
   send(i, MsgKind::run, std::move(run));
   return true;
 }
@@ -918,7 +976,7 @@ int Session::Impl::start_run() {
       std::vector<double> est(tests.size(), -1);
       std::vector<bool> failed(tests.size(), false);
       for (std::size_t t = 0; t < tests.size(); ++t) {
-        const std::string id = count > 1 ? tests[t].binary + "::" + us.gtest_names[t] : tests[t].id();
+        const std::string id = count > 1 ? make_id(tests[t].binary, us.gtest_names[t]) : tests[t].id();
         if (auto it = opts.estimates.find(id); it != opts.estimates.end()) est[t] = it->second;
         failed[t] = failed_last.count(id) > 0;
       }
@@ -933,19 +991,29 @@ int Session::Impl::start_run() {
       for (std::size_t t = 0; t < tests.size(); ++t) names.push_back(count > 1 ? us.gtest_names[t] : tests[t].name);
       // loadgroup: a test's label is the first --group regex its id matches;
       // a test matching none is scheduled on its own, as under load.
+      // pytest's xdist_group mark wins over the regexes.
       std::vector<std::string> labels;
-      if (mode == Distribution::loadgroup && !opts.groups.empty()) {
+      if (mode == Distribution::loadgroup) {
         std::vector<std::regex> res;
         for (const auto& rx : opts.groups) res.emplace_back(rx);
         labels.resize(tests.size());
         for (std::size_t t = 0; t < tests.size(); ++t) {
-          const std::string id = tests[t].binary + "::" + names[t];
+          if (!tests[t].group.empty()) {
+            labels[t] = "mark:" + tests[t].group;
+            continue;
+          }
+          const std::string id = make_id(tests[t].binary, names[t]);
           for (std::size_t k = 0; k < res.size(); ++k)
             if (std::regex_search(id, res[k])) {
               labels[t] = "group" + std::to_string(k);
               break;
             }
         }
+      }
+      // CTest and command tests are each their own file and scope.
+      for (std::size_t t = 0; t < tests.size(); ++t) {
+        const std::string& k = kind_of(static_cast<std::size_t>(tests[t].binary_index));
+        if (k == "ctest" || k == "command") names[t] += "::";
       }
       us.sched->set_units(Scheduler::units_for(mode, group_of, names, labels));
     }
@@ -1016,14 +1084,12 @@ void Session::Impl::dispatch() {
     s.batch = id;
     nlohmann::json run = {
         {"batch", id},
-        {"kind", "gtest"},
-        {"binary", path_for(static_cast<int>(i),
-                            static_cast<std::size_t>(us.binary_of[static_cast<std::size_t>(b->tests.front())]))},
         {"tests", std::move(names)},
         {"env",
          {{"DTEST_WORKER", s.info.id}, {"DTEST_WORKER_COUNT", workers}, {"DTEST_TESTRUNUID", opts.testrunuid}}}};
+    fill_run(run, static_cast<int>(i),
+             static_cast<std::size_t>(us.binary_of[static_cast<std::size_t>(b->tests.front())]));
     if (b->shard_count > 0) run["shard"] = {b->shard_index, b->shard_count};
-    if (opts.timeout > 0) run["timeout"] = opts.timeout;
     send(static_cast<int>(i), MsgKind::run, std::move(run));
   }
 }
@@ -1351,7 +1417,7 @@ void Session::Impl::record_run(int exit_code) {
       for (std::size_t t = 0; t < u.tests.size(); ++t) {
         const auto& r = u.results[t];
         if (!r) continue;
-        const std::string id = u.tests[t].binary + "::" + gtest_name(static_cast<int>(ui), static_cast<int>(t));
+        const std::string id = make_id(u.tests[t].binary, gtest_name(static_cast<int>(ui), static_cast<int>(t)));
         rec.rows.push_back(TestRow{id, r->outcome, r->duration, r->worker, r->gateway, r->message});
       }
     }

@@ -15,6 +15,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "gateway/gateway.h"
 #include "master/model.h"
 #include "xspec/xspec.h"
@@ -26,6 +28,15 @@ struct RunOptions {
   std::string dist = "load";              // load | each | no
   std::vector<std::string> binaries;      // as the user named them
   std::vector<std::string> binary_paths;  // as sent to the agents
+  // Per source (parallel to `binaries`; empty: all GoogleTest): its kind
+  // (gtest | pytest | ctest | command), and for the other kinds the
+  // descriptor sent to the agents in `collect` and `run` (docs/protocol.md);
+  // its "cwd"/"build_dir" are local paths, mapped into synced roots per
+  // gateway as binaries are. `binaries[k]` is then the ids' display prefix
+  // ("" for none). `source_timeouts[k]` >= 0 overrides --timeout.
+  std::vector<std::string> kinds;
+  std::vector<nlohmann::json> descriptors;
+  std::vector<double> source_timeouts;
   int verbosity = 0;                      // -1 quiet, 0 normal, 1 verbose
   std::string junitxml;
   std::string rootdir;

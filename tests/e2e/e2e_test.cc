@@ -959,7 +959,7 @@ TEST_F(e2e, MissingBinaryIsAUsageError) {
   EXPECT_TRUE(contains(r.err, "no such file: " + missing)) << describe(r);
   const ProcResult none = run({"-q"});
   EXPECT_EQ(none.exit_code, 4) << describe(none);
-  EXPECT_TRUE(contains(none.err, "no test binaries given")) << describe(none);
+  EXPECT_TRUE(contains(none.err, "nothing to run: name GoogleTest binaries")) << describe(none);
 }
 
 TEST_F(e2e, NonGtestBinaryIsACollectionError) {
