@@ -66,6 +66,9 @@ struct Batch {
 struct OtherBatch {
   std::int64_t id = 0;
   std::unique_ptr<Runner> runner;
+  // An `exec` (a set-up hook) rather than a batch: answered with exec_done.
+  bool exec = false;
+  std::shared_ptr<nlohmann::json> exec_result;
 };
 
 // Longer limits are no limit in practice, and keep the time arithmetic
@@ -110,7 +113,7 @@ nlohmann::json hello_body() {
           {"hostname", host},
           {"pid", ::getpid()},
           {"cwd", cwd},
-          {"caps", {"gtest", "zstd", "sync", "pytest", "ctest", "command"}}};
+          {"caps", {"gtest", "zstd", "sync", "pytest", "ctest", "command", "exec"}}};
 }
 
 class Agent {
@@ -133,6 +136,7 @@ class Agent {
   void add_result(Batch& b, gtest::TestEvent& e, double seconds, const std::string& message);
   void add_report(std::int64_t batch, TestReport& r);
   void start_other(const Message& m, const std::string& kind);
+  void start_exec(const Message& m);
   void step_others();
   void finish_batch(Batch& b);
   void check_timeouts();
@@ -231,6 +235,41 @@ void Agent::start_other(const Message& m, const std::string& kind) {
   step_others();
 }
 
+// A set-up hook: `/bin/sh -c COMMAND` in `cwd` (the agent's own when
+// empty) with `env`, its output captured; exec_done says how it ended.
+void Agent::start_exec(const Message& m) {
+  OtherBatch b;
+  b.id = get_int(m, "id");
+  b.exec = true;
+  b.exec_result = std::make_shared<nlohmann::json>();
+  Job job;
+  job.spawn.argv = {"/bin/sh", "-c", get_string(m, "command")};
+  if (auto c = m.body.find("cwd"); c != m.body.end() && c->is_string()) job.spawn.cwd = c->get<std::string>();
+  if (auto it = m.body.find("env"); it != m.body.end() && it->is_object())
+    for (const auto& [k, v] : it->items())
+      if (v.is_string()) job.spawn.env[k] = v.get<std::string>();
+  if (auto t = m.body.find("timeout"); t != m.body.end() && t->is_number() && t->get<double>() > 0)
+    job.timeout = std::min(t->get<double>(), kMaxTimeout);
+  job.tests = {0};
+  auto result = b.exec_result;
+  job.judge = [result](const Job& j, int status, const std::string& output, bool timed_out, double seconds,
+                       const std::string& error, std::vector<TestReport>&) {
+    if (!error.empty()) {
+      *result = {{"status", error}, {"exit_code", -1}, {"output", error}, {"seconds", 0.0}};
+      return;
+    }
+    *result = {{"status", timed_out ? timeout_text(j.timeout) : describe_wait_status(status)},
+               {"exit_code", WIFEXITED(status) && !timed_out ? WEXITSTATUS(status) : -1},
+               {"output", output},
+               {"seconds", seconds}};
+  };
+  std::vector<Job> jobs;
+  jobs.push_back(std::move(job));
+  b.runner = std::make_unique<SequentialRunner>(std::move(jobs));
+  others_.push_back(std::move(b));
+  step_others();
+}
+
 // Drives every non-GoogleTest batch one step; a finished one reports.
 void Agent::step_others() {
   for (auto it = others_.begin(); it != others_.end();) {
@@ -239,6 +278,14 @@ void Agent::step_others() {
     for (auto& r : reports) add_report(it->id, r);
     if (!it->runner->done()) {
       ++it;
+      continue;
+    }
+    if (it->exec) {
+      nlohmann::json body = *it->exec_result;
+      if (body.is_null()) body = {{"status", "killed"}, {"exit_code", -1}, {"output", ""}};
+      body["id"] = it->id;
+      send(MsgKind::exec_done, std::move(body));
+      it = others_.erase(it);
       continue;
     }
     flush_events();
@@ -495,6 +542,9 @@ void Agent::dispatch(const Message& m) {
     }
     case MsgKind::shutdown:
       stop_ = true;
+      return;
+    case MsgKind::exec:
+      start_exec(m);
       return;
     case MsgKind::sync_begin:
     case MsgKind::sync_plan:

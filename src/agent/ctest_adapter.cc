@@ -395,6 +395,7 @@ std::string normalize_output(std::string_view raw) {
   for (std::size_t i = 0; i < raw.size(); ++i) {
     if (raw[i] != '\n' && raw[i] != '\0') continue;
     std::size_t len = i - start;
+    if (len > 0 && raw[i - 1] == '\r') --len;
     out.append(raw.substr(start, len));
     out.push_back('\n');
     start = i + 1;
@@ -412,8 +413,6 @@ std::string normalize_output(std::string_view raw) {
 // ===========================================================================
 
 namespace {
-
-const char* type_name(const json& v) { return v.type_name(); }
 
 // The properties that change how ctest schedules or runs a test and that
 // dtest does not honour.
@@ -480,7 +479,11 @@ class PropertyReader {
     if (!v.is_array()) return wrong(name, v, "an array of strings");
     out.clear();
     for (const json& e : v) {
-      if (!e.is_string()) return wrong(name, e, "an array of strings, an element being");
+      if (!e.is_string()) {
+        error_ = where_ + ": property " + name + ": expected an array of strings, got a " + e.type_name() +
+                 " element " + e.dump().substr(0, 80);
+        return false;
+      }
       out.push_back(e.get<std::string>());
     }
     return true;
@@ -488,7 +491,7 @@ class PropertyReader {
 
  private:
   bool wrong(const std::string& name, const json& v, const char* expected) {
-    error_ = where_ + ": property " + name + ": expected " + expected + ", got " + type_name(v) +
+    error_ = where_ + ": property " + name + ": expected " + expected + ", got " + v.type_name() +
              " " + v.dump().substr(0, 80);
     return false;
   }
@@ -500,7 +503,7 @@ bool read_test(const json& root, const json& jt, std::size_t index, const std::s
                Test& t, std::string& error) {
   std::string where = "tests[" + std::to_string(index) + "]";
   if (!jt.is_object()) {
-    error = where + ": expected an object, got " + type_name(jt);
+    error = where + ": expected an object, got " + jt.type_name();
     return false;
   }
   const auto name = jt.find("name");
@@ -512,12 +515,13 @@ bool read_test(const json& root, const json& jt, std::size_t index, const std::s
   where += " (" + t.name + ")";
   if (const auto cmd = jt.find("command"); cmd != jt.end()) {
     if (!cmd->is_array() || cmd->empty()) {
-      error = where + ": \"command\" is not a non-empty array of strings";
+      error = where + ": \"command\": expected a non-empty array of strings, got " + cmd->dump().substr(0, 80);
       return false;
     }
     for (const json& a : *cmd) {
       if (!a.is_string()) {
-        error = where + ": \"command\" has a " + type_name(a) + " element, not a string";
+        error = where + ": \"command\": expected a non-empty array of strings, got a " + a.type_name() +
+                " element " + a.dump().substr(0, 80);
         return false;
       }
       t.command.push_back(a.get<std::string>());
@@ -528,7 +532,7 @@ bool read_test(const json& root, const json& jt, std::size_t index, const std::s
   PropertyReader read(where, error);
   if (const auto props = jt.find("properties"); props != jt.end()) {
     if (!props->is_array()) {
-      error = where + ": \"properties\" is a " + type_name(*props) + ", not an array";
+      error = where + ": \"properties\": expected an array, got " + props->type_name();
       return false;
     }
     for (const json& p : *props) {
@@ -612,7 +616,7 @@ std::optional<std::vector<Test>> parse_json_v1(std::string_view text, std::strin
     return std::nullopt;
   }
   if (!root.is_object()) {
-    error = std::string("ctest's JSON is a ") + type_name(root) + ", not an object";
+    error = std::string("ctest's JSON: expected an object, got ") + root.type_name();
     return std::nullopt;
   }
   if (const auto kind = root.find("kind"); kind == root.end() || *kind != "ctestInfo") {

@@ -57,14 +57,14 @@ std::string compile_error(std::string_view pattern) {
   return error;
 }
 
-TEST(CMakeRegex, LiteralsAndTheEmptyPattern) {
+TEST(CtestRegex, LiteralsAndTheEmptyPattern) {
   EXPECT_TRUE(matches("abc", "xxabcxx"));
   EXPECT_FALSE(matches("abd", "xxabcxx"));
   EXPECT_TRUE(matches("", "anything"));
   EXPECT_TRUE(matches("q|", "zzz\n"));  // an empty alternative matches
 }
 
-TEST(CMakeRegex, AnchorsAreTheEndsOfTheWholeText) {
+TEST(CtestRegex, AnchorsAreTheEndsOfTheWholeText) {
   EXPECT_TRUE(matches("^a", "a\nb\n"));
   EXPECT_FALSE(matches("^b", "a\nb\n"));
   EXPECT_FALSE(matches("a$", "a\nb\n"));
@@ -75,12 +75,12 @@ TEST(CMakeRegex, AnchorsAreTheEndsOfTheWholeText) {
   EXPECT_FALSE(matches("a^b", "ab\n"));
 }
 
-TEST(CMakeRegex, DotMatchesANewline) {
+TEST(CtestRegex, DotMatchesANewline) {
   EXPECT_TRUE(matches("a.b", "a\nb\n"));
   EXPECT_TRUE(matches("^a.b\n$", "a\nb\n"));
 }
 
-TEST(CMakeRegex, BackslashAndBracesAreLiteral) {
+TEST(CtestRegex, BackslashAndBracesAreLiteral) {
   EXPECT_FALSE(matches(R"(\d)", "5\n"));
   EXPECT_TRUE(matches(R"(\d)", "d\n"));
   EXPECT_TRUE(matches(R"(a\*)", "a*"));
@@ -89,7 +89,7 @@ TEST(CMakeRegex, BackslashAndBracesAreLiteral) {
   EXPECT_TRUE(matches("a{2}", "a{2}\n"));
 }
 
-TEST(CMakeRegex, BracketSets) {
+TEST(CtestRegex, BracketSets) {
   EXPECT_TRUE(matches("x|[a-c-e]", "d\n"));  // a second range starts after 'c'
   EXPECT_TRUE(matches("[]a]", "]\n"));
   EXPECT_TRUE(matches("[a-]", "-\n"));
@@ -100,7 +100,7 @@ TEST(CMakeRegex, BracketSets) {
   EXPECT_TRUE(matches("[^a-z]", "abc\n"));  // the newline is not in a-z
 }
 
-TEST(CMakeRegex, GroupsAlternationAndRepetition) {
+TEST(CtestRegex, GroupsAlternationAndRepetition) {
   EXPECT_TRUE(matches("^(ab)+c", "ababc\n"));
   EXPECT_FALSE(matches("^(ab)+c", "ac\n"));
   EXPECT_TRUE(matches("colou?r", "color"));
@@ -111,7 +111,7 @@ TEST(CMakeRegex, GroupsAlternationAndRepetition) {
   EXPECT_TRUE(matches("(((((((((a)))))))))", "a"));  // nine groups: the most kwsys takes
 }
 
-TEST(CMakeRegex, InvalidPatternsFailAsKwsysDoes) {
+TEST(CtestRegex, InvalidPatternsFailAsKwsysDoes) {
   EXPECT_EQ(compile_error("("), "Unmatched parentheses.");
   EXPECT_EQ(compile_error("a)"), "Unmatched parentheses.");
   EXPECT_EQ(compile_error("*a"), "?+* follows nothing.");
@@ -124,7 +124,7 @@ TEST(CMakeRegex, InvalidPatternsFailAsKwsysDoes) {
   EXPECT_EQ(compile_error("((((((((((a))))))))))"), "Too many parentheses.");
 }
 
-TEST(CMakeRegex, SearchesHugeOutputWithoutRecursion) {
+TEST(CtestRegex, SearchesHugeOutputWithoutRecursion) {
   // std::regex_search overflows the stack on this at ~1 MB.
   std::string text(2u << 20, 'a');
   EXPECT_FALSE(matches("a(a|.)*b", text));
@@ -184,7 +184,7 @@ Both random_pattern(std::mt19937& rng, int depth) {
   return out;
 }
 
-TEST(CMakeRegex, AgreesWithABacktrackingEngineOnRandomPatterns) {
+TEST(CtestRegex, AgreesWithABacktrackingEngineOnRandomPatterns) {
   // Whether a match exists does not depend on the engine; std::regex is
   // fine on texts this short. Patterns kwsys refuses are skipped.
   std::mt19937 rng(20240601);
@@ -211,7 +211,7 @@ TEST(CMakeRegex, AgreesWithABacktrackingEngineOnRandomPatterns) {
   EXPECT_GT(compared, 10000);
 }
 
-TEST(CMakeRegex, TextEndsAtANulByteAsInKwsys) {
+TEST(CtestRegex, TextEndsAtANulByteAsInKwsys) {
   EXPECT_FALSE(matches("b", std::string_view("a\0b", 3)));
   EXPECT_FALSE(matches("a.b", std::string_view("a\0b", 3)));
 }
@@ -220,7 +220,7 @@ TEST(CMakeRegex, TextEndsAtANulByteAsInKwsys) {
 // The output as ctest matches it (checked with printf in ctest 3.25).
 // ---------------------------------------------------------------------------
 
-TEST(NormalizeOutput, LinesAsCtestReadsThem) {
+TEST(CtestOutput, LinesAsCtestReadsThem) {
   EXPECT_EQ(normalize_output(""), "");
   EXPECT_EQ(normalize_output("\n"), "\n");
   EXPECT_EQ(normalize_output("b"), "b\n");             // a last partial line gets '\n'
@@ -514,7 +514,7 @@ const CTest* find(const std::vector<CTest>& tests, const std::string& name) {
   return nullptr;
 }
 
-TEST(ParseJson, CapturedListing) {
+TEST(CtestJson, CapturedListing) {
   std::string error;
   const auto tests = parse_json_v1(kCaptured, error);
   ASSERT_TRUE(tests) << error;
@@ -555,7 +555,7 @@ TEST(ParseJson, CapturedListing) {
   EXPECT_EQ(old.defined_at, "/tmp/ctx/src/sub/CMakeLists.txt:1");
 }
 
-TEST(ParseJson, SkipsCtestsComplaintsBeforeTheJson) {
+TEST(CtestJson, SkipsCtestsComplaintsBeforeTheJson) {
   std::string error;
   const auto tests = parse_json_v1(kWithComplaints, error);
   ASSERT_TRUE(tests) << error;
@@ -563,7 +563,7 @@ TEST(ParseJson, SkipsCtestsComplaintsBeforeTheJson) {
   EXPECT_EQ((*tests)[0].pass_regex, std::vector<std::string>{"("});
 }
 
-TEST(ParseJson, ResolvesRelativeDirectoriesAgainstTheBuildTree) {
+TEST(CtestJson, ResolvesRelativeDirectoriesAgainstTheBuildTree) {
   const std::string json = R"({"kind": "ctestInfo", "version": {"major": 1, "minor": 0}, "tests": [
       {"name": "rel", "command": ["/bin/true"], "properties": [
         {"name": "WORKING_DIRECTORY", "value": "rel/dir"},
@@ -577,7 +577,7 @@ TEST(ParseJson, ResolvesRelativeDirectoriesAgainstTheBuildTree) {
   EXPECT_EQ((*tests)[1].working_directory, "/b");
 }
 
-TEST(ParseJson, ReportsUnsupportedProperties) {
+TEST(CtestJson, ReportsUnsupportedProperties) {
   const std::string json = R"({"kind": "ctestInfo", "version": {"major": 1, "minor": 1}, "tests": [
       {"name": "t", "command": ["/bin/true"], "properties": [
         {"name": "DEPENDS", "value": ["a"]}, {"name": "COST", "value": 3.0},
@@ -602,11 +602,12 @@ std::string with_test(const std::string& test) {
          R"({"name": "ok", "command": ["/bin/true"]}, )" + test + "]}";
 }
 
-TEST(ParseJson, MalformedInputNamesWhatIsWrong) {
+TEST(CtestJson, MalformedInputNamesWhatIsWrong) {
   EXPECT_THAT(parse_error(""), HasSubstr("no JSON object in ctest's output (it is empty)"));
   EXPECT_THAT(parse_error("No tests were found!!!\n"), HasSubstr("begins: No tests were found!!!"));
   EXPECT_THAT(parse_error("{\"kind\": \"ctestInfo\", "), HasSubstr("not valid JSON"));
   EXPECT_THAT(parse_error("{} trailing"), HasSubstr("not valid JSON"));
+  EXPECT_THAT(parse_error("\n[1, 2]"), HasSubstr("no JSON object in ctest's output, which begins: [1, 2]"));
   EXPECT_THAT(parse_error("{\"kind\": \"codemodel\"}"), HasSubstr("not of kind \"ctestInfo\""));
   EXPECT_THAT(parse_error(R"({"kind": "ctestInfo", "version": {"major": 2, "minor": 0}, "tests": []})"),
               HasSubstr("dtest reads major version 1"));
@@ -615,11 +616,11 @@ TEST(ParseJson, MalformedInputNamesWhatIsWrong) {
   EXPECT_THAT(parse_error(with_test("42")), HasSubstr("tests[1]: expected an object, got number"));
   EXPECT_THAT(parse_error(with_test(R"({"command": ["/bin/true"]})")), HasSubstr("tests[1]: no \"name\" string"));
   EXPECT_THAT(parse_error(with_test(R"({"name": "x", "command": "/bin/true"})")),
-              HasSubstr("tests[1] (x): \"command\" is not a non-empty array"));
+              HasSubstr("tests[1] (x): \"command\": expected a non-empty array of strings, got \"/bin/true\""));
   EXPECT_THAT(parse_error(with_test(R"({"name": "x", "command": ["/bin/true", 3]})")),
-              HasSubstr("tests[1] (x): \"command\" has a number element"));
+              HasSubstr("tests[1] (x): \"command\": expected a non-empty array of strings, got a number element 3"));
   EXPECT_THAT(parse_error(with_test(R"({"name": "x", "properties": {}})")),
-              HasSubstr("tests[1] (x): \"properties\" is a object, not an array"));
+              HasSubstr("tests[1] (x): \"properties\": expected an array, got object"));
   EXPECT_THAT(parse_error(with_test(R"({"name": "x", "properties": [{"value": 1}]})")),
               HasSubstr("tests[1] (x): a property is not {\"name\": string, \"value\": ...}"));
   EXPECT_THAT(parse_error(with_test(R"({"name": "x", "properties": [{"name": "TIMEOUT", "value": "10"}]})")),
@@ -629,7 +630,7 @@ TEST(ParseJson, MalformedInputNamesWhatIsWrong) {
   EXPECT_THAT(parse_error(with_test(R"({"name": "x", "properties": [{"name": "PROCESSORS", "value": 1.5}]})")),
               HasSubstr("property PROCESSORS: expected an integer"));
   EXPECT_THAT(parse_error(with_test(R"({"name": "x", "properties": [{"name": "LABELS", "value": ["a", 1]}]})")),
-              HasSubstr("property LABELS: expected an array of strings, an element being, got number"));
+              HasSubstr("tests[1] (x): property LABELS: expected an array of strings, got a number element 1"));
   EXPECT_THAT(parse_error(with_test(R"({"name": "x", "properties": [{"name": "ENVIRONMENT", "value": "A=1"}]})")),
               HasSubstr("property ENVIRONMENT: expected an array of strings, got string"));
 }
@@ -655,7 +656,7 @@ EnvResult environment_of(std::vector<std::string> environment, std::vector<std::
   return r;
 }
 
-class Environment : public ::testing::Test {
+class CtestEnvironment : public ::testing::Test {
  protected:
   void SetUp() override {
     ::setenv("DTEST_CT_BASE", "base", 1);
@@ -664,14 +665,14 @@ class Environment : public ::testing::Test {
   void TearDown() override { ::unsetenv("DTEST_CT_BASE"); }
 };
 
-TEST_F(Environment, EntriesApplyInOrderAndOneWithoutEqualsUnsets) {
+TEST_F(CtestEnvironment, EntriesApplyInOrderAndOneWithoutEqualsUnsets) {
   const auto r = environment_of({"A=1", "A=2", "B=x=y", "DTEST_CT_BASE"}, {});
   ASSERT_TRUE(r.ok) << r.error;
   EXPECT_EQ(r.env, (std::map<std::string, std::string>{{"A", "2"}, {"B", "x=y"}}));
   EXPECT_EQ(r.unset, std::vector<std::string>{"DTEST_CT_BASE"});
 }
 
-TEST_F(Environment, ModificationsStartFromTheEnvironment) {
+TEST_F(CtestEnvironment, ModificationsStartFromTheEnvironment) {
   const auto r = environment_of({"FOO=env"}, {"FOO=string_append:!", "DTEST_CT_BASE=string_prepend:pre-",
                                               "P=path_list_prepend:a", "P=path_list_append:b",
                                               "L=cmake_list_append:x", "L=cmake_list_prepend:w",
@@ -686,7 +687,7 @@ TEST_F(Environment, ModificationsStartFromTheEnvironment) {
   EXPECT_TRUE(r.unset.empty());
 }
 
-TEST_F(Environment, ResetUnsetAndCtestsQuirkAfterUnset) {
+TEST_F(CtestEnvironment, ResetUnsetAndCtestsQuirkAfterUnset) {
   // reset forgets earlier modifications; an edit after an unset starts from
   // the environment again (ctest 3.25 gives "envX" here).
   const auto r = environment_of({"FOO=env", "BAR=env"}, {"FOO=set:a", "FOO=reset:", "BAR=unset:", "BAR=string_append:X",
@@ -696,7 +697,7 @@ TEST_F(Environment, ResetUnsetAndCtestsQuirkAfterUnset) {
   EXPECT_EQ(r.unset, std::vector<std::string>{"DTEST_CT_BASE"});
 }
 
-TEST_F(Environment, ComposesWithTheCallersOwnChanges) {
+TEST_F(CtestEnvironment, ComposesWithTheCallersOwnChanges) {
   // What the caller already set or unset is the "current" value.
   const auto r = environment_of({}, {"W=string_append:-1", "DTEST_CT_BASE=string_append:!", "Z=set:z"},
                                 {{"W", "worker"}, {"Z", "old"}}, {"DTEST_CT_BASE"});
@@ -705,7 +706,7 @@ TEST_F(Environment, ComposesWithTheCallersOwnChanges) {
   EXPECT_TRUE(r.unset.empty());
 }
 
-TEST_F(Environment, RejectsWhatCtestRejects) {
+TEST_F(CtestEnvironment, RejectsWhatCtestRejects) {
   EXPECT_EQ(environment_of({}, {"FOO=bogus:1"}).error, "ENVIRONMENT_MODIFICATION \"FOO=bogus:1\": unknown operation \"bogus\"");
   EXPECT_EQ(environment_of({}, {"FOO=set"}).error, "ENVIRONMENT_MODIFICATION \"FOO=set\": no ':' after the operation");
   EXPECT_EQ(environment_of({}, {"FOO"}).error, "ENVIRONMENT_MODIFICATION \"FOO\": no '=' after the variable name");
@@ -737,7 +738,7 @@ CTest with(std::function<void(CTest&)> f) {
   return t;
 }
 
-TEST(Judge, AsCtestJudges) {
+TEST(CtestJudge, AsCtestJudges) {
   const auto none = [](CTest&) {};
   const auto will_fail = [](CTest& t) { t.will_fail = true; };
   const auto skip77 = [](CTest& t) { t.skip_return_code = 77; };
@@ -823,7 +824,7 @@ TEST(Judge, AsCtestJudges) {
   }
 }
 
-TEST(Precheck, WhatCtestWouldNotStart) {
+TEST(CtestPrecheck, WhatCtestWouldNotStart) {
   const fs::path dir = fs::temp_directory_path() / ("dtest_precheck_" + std::to_string(::getpid()));
   fs::create_directories(dir);
   std::ofstream(dir / "present.txt") << "x";
@@ -910,7 +911,7 @@ std::string added_at(const std::string& name) {
   return "(no add_test for " + name + ")";
 }
 
-class RealCtest : public ::testing::Test {
+class CtestReal : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     // What the fixture's `environment` test expects to inherit or lose.
@@ -941,9 +942,9 @@ class RealCtest : public ::testing::Test {
 
   static std::string root_, build_, setup_error_;
 };
-std::string RealCtest::root_, RealCtest::build_, RealCtest::setup_error_;
+std::string CtestReal::root_, CtestReal::build_, CtestReal::setup_error_;
 
-TEST_F(RealCtest, ListsEveryProperty) {
+TEST_F(CtestReal, ListsEveryProperty) {
   const auto tests = listed();
   ASSERT_EQ(tests.size(), 31u);
   auto get = [&](const std::string& name) -> const CTest& {
@@ -966,10 +967,13 @@ TEST_F(RealCtest, ListsEveryProperty) {
   EXPECT_TRUE(get("skip_code_will_fail").will_fail);
 
   const CTest& env = get("environment");
-  EXPECT_EQ(env.environment, (std::vector<std::string>{"FX_GREETING=hello world", "FX_EQ=a=b", "FX_DROPPED=1", "FX_DROPPED"}));
+  EXPECT_EQ(env.environment, (std::vector<std::string>{"FX_GREETING=hello world", "FX_EQ=a=b", "FX_DROPPED=1",
+                                                        "FX_DROPPED", "FX_RESET=env", "FX_QUIRK=env"}));
   EXPECT_EQ(env.environment_modification,
             (std::vector<std::string>{"FX_GREETING=string_append:!", "FX_PATH=path_list_prepend:/opt/fx",
-                                      "DTEST_FX_INHERITED=string_prepend:pre-", "DTEST_FX_UNSET_ME=unset:"}));
+                                      "DTEST_FX_INHERITED=string_prepend:pre-", "DTEST_FX_UNSET_ME=unset:",
+                                      "FX_RESET=set:a", "FX_RESET=reset:", "FX_QUIRK=unset:",
+                                      "FX_QUIRK=string_append:X"}));
 
   EXPECT_EQ(get("working_directory").working_directory, build_ + "/wd");
   EXPECT_EQ(get("default_directory").working_directory, build_ + "/sub");
@@ -995,7 +999,7 @@ TEST_F(RealCtest, ListsEveryProperty) {
   EXPECT_EQ(get("unsupported").unsupported, (std::vector<std::string>{"DEPENDS", "RESOURCE_LOCK"}));
 }
 
-TEST_F(RealCtest, LabelsFilter) {
+TEST_F(CtestReal, LabelsFilter) {
   auto names = [](const std::vector<CTest>& tests) {
     std::set<std::string> s;
     for (const auto& t : tests) s.insert(t.name);
@@ -1117,7 +1121,7 @@ std::map<std::string, Outcome> ctest_verdicts(const std::string& build, std::str
   return out;
 }
 
-TEST_F(RealCtest, VerdictsMatchCtest) {
+TEST_F(CtestReal, VerdictsMatchCtest) {
   // What the fixture's tests are meant to give; both ctest and dtest must.
   const std::map<std::string, Outcome> expected = {
       {"pass", Outcome::passed},
@@ -1190,7 +1194,7 @@ TEST_F(RealCtest, VerdictsMatchCtest) {
   EXPECT_THAT(messages["bad_environment_modification"], HasSubstr("unknown operation \"frobnicate\""));
 }
 
-TEST_F(RealCtest, MultiConfigTreeNeedsAConfig) {
+TEST_F(CtestReal, MultiConfigTreeNeedsAConfig) {
   const std::string mc = root_ + "/multi";
   std::string error;
   run_ok({"cmake", "-S", CTEST_FIXTURE_DIR, "-B", mc, "-G", "Ninja Multi-Config"}, error);
@@ -1208,7 +1212,7 @@ TEST_F(RealCtest, MultiConfigTreeNeedsAConfig) {
   EXPECT_EQ(pass->missing_executable, mc + "/Debug/probe");
 }
 
-TEST_F(RealCtest, ClearErrors) {
+TEST_F(CtestReal, ClearErrors) {
   std::string error;
   EXPECT_FALSE(list(root_, {}, error));  // the temporary directory itself
   EXPECT_EQ(error, root_ + " is not a CMake build tree with tests: it has no CTestTestfile.cmake "

@@ -24,6 +24,8 @@ std::string_view to_string(MsgKind k) {
     case MsgKind::sync_end: return "sync_end";
     case MsgKind::sync_done: return "sync_done";
     case MsgKind::sync_fetch: return "sync_fetch";
+    case MsgKind::exec: return "exec";
+    case MsgKind::exec_done: return "exec_done";
   }
   return "unknown";
 }

@@ -33,8 +33,11 @@ enum class MsgKind : std::uint8_t {
   sync_end = 14,     // master -> agent: the sender's digest; finish the root
   sync_done = 15,    // agent -> master: the root's outcome (ok, digest, retries, errors)
   sync_fetch = 16,   // master -> agent: send the manifest (after a sync_begin without digest)
+  // Set-up hooks (docs/protocol.md, "Set-up hooks"):
+  exec = 17,         // master -> agent: run one shell command, capture its output
+  exec_done = 18,    // agent -> master: its exit status and output
 };
-inline constexpr MsgKind kLastMsgKind = MsgKind::sync_fetch;
+inline constexpr MsgKind kLastMsgKind = MsgKind::exec_done;
 
 std::string_view to_string(MsgKind k);
 

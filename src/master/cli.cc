@@ -423,9 +423,6 @@ int dtest_main(int argc_in, char** argv_in, std::ostream& out, std::ostream& err
   }
   if (cfg.setup_host) note_value("setup.host", cfg.setup_host->value, origin_text(cfg.setup_host->origin));
   if (cfg.setup_worker) note_value("setup.worker", cfg.setup_worker->value, origin_text(cfg.setup_worker->origin));
-  if (cfg.setup_host || cfg.setup_worker)
-    err << "dtest: warning: " << origin_text(cfg.setup_host ? cfg.setup_host->origin : cfg.setup_worker->origin)
-        << ": [setup] hooks are not implemented yet; they are ignored\n";
 
   std::vector<std::string> spec_texts;
   if (!numprocesses.empty()) {
@@ -514,6 +511,8 @@ int dtest_main(int argc_in, char** argv_in, std::ostream& out, std::ostream& err
     }
   }
   opts.groups = group_regexes;
+  if (cfg.setup_host) opts.setup_host = cfg.setup_host->value;
+  if (cfg.setup_worker) opts.setup_worker = cfg.setup_worker->value;
   // History from the run repository: last failures (first in the queue, and
   // all that --lf runs) and duration estimates (longest first).
   try {

@@ -106,7 +106,8 @@ class EventQueue {
 
 // syncing: said hello; its host's copy of the --rsyncdir roots is being
 // brought up to date (by this gateway or another one to the same place).
-enum class SlotState { opening, awaiting_hello, syncing, ready, dead };
+// setting_up: its place's setup.host or its own setup.worker is running.
+enum class SlotState { opening, awaiting_hello, syncing, setting_up, ready, dead };
 
 struct Slot {
   GatewayInfo info;
@@ -121,7 +122,22 @@ struct Slot {
   std::int64_t batch = 0;  // session batch id in flight, 0 if idle
   int unit = -1;
   int sync = -1;           // index of its sync target, -1: nothing to sync
+  int place = -1;          // index of its host set-up place (setup.host)
+  bool worker_setup_done = false;
 };
+
+// A place (host and work dir) whose setup.host runs once, on one of its
+// gateways, while the others wait.
+struct HostSetup {
+  std::string key;
+  std::vector<int> slots;
+  int runner = -1;  // the slot running it
+  bool done = false, failed = false;
+  std::string error;
+};
+
+// exec ids: which hook an exec_done answers (one at a time per slot).
+constexpr std::int64_t kExecHost = 1, kExecWorker = 2;
 
 // One place the roots are synced to (a host and work dir), shared by the
 // gateways that run there; synced once, by one of them.
@@ -206,6 +222,7 @@ struct Session::Impl {
   std::vector<GatewayInfo> infos;
   std::vector<CollectGroup> groups;
   std::vector<SyncTarget> sync_targets;
+  std::vector<HostSetup> host_setups;
   std::shared_future<sync::LocalRoots> local_roots;
   std::vector<Unit> units;
   std::vector<UnitState> ustate;
@@ -241,6 +258,9 @@ struct Session::Impl {
   void on_hello(int i, const Message& m);
   void slot_ready(int i);
   void start_sync(SyncTarget& t, int i);
+  void setup_or_ready(int i);
+  void send_exec(int i, std::int64_t id, const std::string& command);
+  void on_exec_done(int i, const Message& m);
   void on_synced(Event& e);
   void stop_syncs();
   void record_run(int exit_code);
@@ -344,6 +364,20 @@ void Session::Impl::start_slots() {
                     }).share();
     }
   }
+  // setup.host places: where the synced copy lives, or this machine.
+  if (!opts.setup_host.empty())
+    for (std::size_t i = 0; i < slots.size(); ++i) {
+      std::string key = sync_key_of(slots[i]->spec);
+      if (key.empty()) key = "local";
+      auto it = std::find_if(host_setups.begin(), host_setups.end(), [&](const HostSetup& h) { return h.key == key; });
+      if (it == host_setups.end()) {
+        host_setups.emplace_back();
+        host_setups.back().key = key;
+        it = host_setups.end() - 1;
+      }
+      it->slots.push_back(static_cast<int>(i));
+      slots[i]->place = static_cast<int>(it - host_setups.begin());
+    }
   for (std::size_t i = 0; i < slots.size(); ++i)
     slots[i]->reader = std::thread([this, i] { reader_main(static_cast<int>(i)); });
 }
@@ -435,10 +469,7 @@ void Session::Impl::on_synced(Event& e) {
                                 st.bytes_out + st.bytes_in));
     for (const auto& w : st.warnings) reporter.warning(fmt::format("[{}] rsync: {}", s.info.id, w));
     for (int j : t.slots)
-      if (slots[static_cast<std::size_t>(j)]->state == SlotState::syncing) {
-        slots[static_cast<std::size_t>(j)]->state = SlotState::ready;
-        slot_ready(j);
-      }
+      if (slots[static_cast<std::size_t>(j)]->state == SlotState::syncing) setup_or_ready(j);
     return;
   }
   if (s.state == SlotState::dead) {
@@ -553,6 +584,19 @@ void Session::Impl::slot_down(int i, const std::string& why) {
   } else {
     reporter.gateway_failed(s.info);
   }
+  // A place's setup.host moves to another of its gateways.
+  if (s.place >= 0) {
+    auto& h = host_setups[static_cast<std::size_t>(s.place)];
+    if (h.runner == i) {
+      h.runner = -1;
+      for (int j : h.slots)
+        if (slots[static_cast<std::size_t>(j)]->state == SlotState::setting_up) {
+          h.runner = j;
+          send_exec(j, kExecHost, opts.setup_host);
+          break;
+        }
+    }
+  }
   // A collecting gateway that dies hands the job to another of its group.
   for (auto& g : groups)
     if (g.asked == i && !g.done) {
@@ -603,6 +647,7 @@ void Session::Impl::on_message(int i, const Message& m, std::size_t wire) {
       sync_targets[static_cast<std::size_t>(s.sync)].inbox->push(m, wire);
       return;
     case MsgKind::hello: return on_hello(i, m);
+    case MsgKind::exec_done: return on_exec_done(i, m);
     case MsgKind::collected: return on_collected(i, m);
     case MsgKind::events: return on_events(i, m);
     case MsgKind::batch_done: return on_batch_done(i, m);
@@ -631,8 +676,77 @@ void Session::Impl::on_hello(int i, const Message& m) {
     if (t.runner < 0) start_sync(t, i);
     return;
   }
+  setup_or_ready(i);
+}
+
+// The set-up hooks a slot still needs, then ready.
+void Session::Impl::setup_or_ready(int i) {
+  auto& s = *slots[static_cast<std::size_t>(i)];
+  if (s.place >= 0) {
+    auto& h = host_setups[static_cast<std::size_t>(s.place)];
+    if (h.failed) return slot_down(i, h.error);
+    if (!h.done) {
+      s.state = SlotState::setting_up;
+      if (h.runner < 0) {
+        h.runner = i;
+        send_exec(i, kExecHost, opts.setup_host);
+      }
+      return;
+    }
+  }
+  if (!opts.setup_worker.empty() && !s.worker_setup_done) {
+    s.state = SlotState::setting_up;
+    send_exec(i, kExecWorker, opts.setup_worker);
+    return;
+  }
   s.state = SlotState::ready;
   slot_ready(i);
+}
+
+void Session::Impl::send_exec(int i, std::int64_t id, const std::string& command) {
+  auto& s = *slots[static_cast<std::size_t>(i)];
+  // In the rootdir, or its synced copy; a remote without one: its work dir.
+  std::string cwd = map_path(i, opts.rootdir);
+  if (s.sync >= 0 && cwd == opts.rootdir) cwd.clear();
+  trace("{} runs setup.{} in '{}': {}", s.info.id, id == kExecHost ? "host" : "worker", cwd, command);
+  nlohmann::json env = {{"DTEST_WORKER_COUNT", std::to_string(slots.size())}, {"DTEST_TESTRUNUID", opts.testrunuid}};
+  if (id == kExecWorker) env["DTEST_WORKER"] = s.info.id;
+  send(i, MsgKind::exec, {{"id", id}, {"command", command}, {"cwd", cwd}, {"env", std::move(env)}});
+}
+
+void Session::Impl::on_exec_done(int i, const Message& m) {
+  auto& s = *slots[static_cast<std::size_t>(i)];
+  const std::int64_t id = get_int(m, "id");
+  if (s.state != SlotState::setting_up || (id != kExecHost && id != kExecWorker))
+    throw ProtocolError(fmt::format("an unrequested exec_done {}", id));
+  const std::string status = m.body.value("status", std::string("?"));
+  const bool ok = m.body.value("exit_code", -1) == 0;
+  std::string output = m.body.value("output", std::string());
+  while (!output.empty() && output.back() == '\n') output.pop_back();
+  const char* which = id == kExecHost ? "setup.host" : "setup.worker";
+  const std::string seconds = fmt::format("{:.2f}", m.body.value("seconds", 0.0));
+  if (ok) reporter.detail(fmt::format("[{}] {} passed in {} s{}{}", s.info.id, which, seconds, output.empty() ? "" : ":\n", output));
+  if (id == kExecHost) {
+    if (s.place < 0) throw ProtocolError("an unrequested exec_done 1");
+    auto& h = host_setups[static_cast<std::size_t>(s.place)];
+    if (h.runner != i) throw ProtocolError("an unrequested exec_done 1");
+    h.runner = -1;
+    if (ok) {
+      h.done = true;
+    } else {
+      h.failed = true;
+      h.error = fmt::format("setup.host failed ({}) on {}: `{}`{}{}", status, h.key, opts.setup_host,
+                            output.empty() ? "" : "\n", output);
+    }
+    for (int j : h.slots)
+      if (slots[static_cast<std::size_t>(j)]->state == SlotState::setting_up) setup_or_ready(j);
+    return;
+  }
+  if (!ok)
+    return slot_down(i, fmt::format("setup.worker failed ({}): `{}`{}{}", status, opts.setup_worker,
+                                    output.empty() ? "" : "\n", output));
+  s.worker_setup_done = true;
+  setup_or_ready(i);
 }
 
 void Session::Impl::slot_ready(int i) {

@@ -83,6 +83,11 @@ struct RunOptions {
   // does; ECMAScript regex, searched) belongs to group k, whose tests all run
   // on one worker. (The config file's `groups` list, issue 5, feeds it too.)
   std::vector<std::string> groups;
+  // Set-up hooks (config [setup]): a shell command run once per place (host
+  // and work dir) after the sync and before collection, and one run on every
+  // worker (with DTEST_WORKER set) before it gets tests. A failure takes the
+  // place / the worker out of the run; the others go on.
+  std::string setup_host, setup_worker;
 };
 
 using GatewayFactory =

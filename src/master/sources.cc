@@ -90,7 +90,17 @@ void add_suite(const config::Suite& s, const std::vector<std::string>& pytest_ar
   } else if (s.kind == "command") {
     d["run"] = s.run;
     if (!s.list.empty()) d["list"] = s.list;
-    if (!s.files.empty()) d["files"] = s.files;
+    if (!s.files.empty()) {
+      // Globs relative to the suite's folder, so a synced copy matches the
+      // same ids (the config resolves them against its own folder).
+      nlohmann::json files = nlohmann::json::array();
+      for (const auto& f : s.files) {
+        const fs::path rel = fs::path(f).lexically_relative(s.cwd);
+        const bool inside = !rel.empty() && *rel.begin() != "..";
+        files.push_back(inside ? rel.string() : f);
+      }
+      d["files"] = std::move(files);
+    }
     d["format"] = s.format;
     if (!s.result_file.empty()) d["result_file"] = s.result_file;
     if (s.batch > 0) d["batch"] = s.batch;
