@@ -113,7 +113,7 @@ nlohmann::json hello_body() {
           {"hostname", host},
           {"pid", ::getpid()},
           {"cwd", cwd},
-          {"caps", {"gtest", "zstd", "sync", "pytest", "ctest", "command", "exec"}}};
+          {"caps", {"gtest", "zstd", "sync", "pytest", "ctest", "command", "exec", "warm"}}};
 }
 
 class Agent {
@@ -515,7 +515,7 @@ void Agent::dispatch(const Message& m) {
               throw ProtocolError("collect message: a gtest source without a 'path'");
             entries.push_back(gtest::collect_binary(src["path"].get<std::string>()));
           } else {
-            entries.push_back(suites_.collect(src));
+            entries.push_back(suites_.collect(src, m.body.value("env", nlohmann::json())));
           }
         }
         send(MsgKind::collected, {{"id", id}, {"binaries", std::move(entries)}});
@@ -545,6 +545,9 @@ void Agent::dispatch(const Message& m) {
       return;
     case MsgKind::exec:
       start_exec(m);
+      return;
+    case MsgKind::warm:
+      suites_.warm(field(m, "sources"), m.body.value("env", nlohmann::json()));
       return;
     case MsgKind::sync_begin:
     case MsgKind::sync_plan:

@@ -603,7 +603,8 @@ std::optional<std::vector<Test>> parse_json_v1(std::string_view text, std::strin
     start = brace == std::string_view::npos ? brace : brace + 1;
   }
   if (start == std::string_view::npos) {
-    const std::string_view first = text.substr(0, text.find('\n'));
+    std::string_view first = text.substr(std::min(text.size(), text.find_first_not_of(" \t\r\n")));
+    first = first.substr(0, first.find('\n'));
     error = "no JSON object in ctest's output" +
             (first.empty() ? std::string(" (it is empty)") : ", which begins: " + std::string(first.substr(0, 120)));
     return std::nullopt;
@@ -683,8 +684,9 @@ std::string find_program(const std::string& prog) {
   }
 }
 
-// Runs ctest with `args` in `dir` (through sh, as spawn() has no working
-// directory: `cd` then `exec`, exit 125 when the cd fails).
+// Runs ctest with `args` in `dir`: through sh (`cd` then `exec`, exit 125
+// when the cd fails) rather than with --test-dir, which needs ctest 3.20;
+// json-v1 is there since 3.14.
 Captured run_ctest(const std::string& ctest, const std::string& dir, const std::vector<std::string>& args) {
   SpawnOptions o;
   o.argv = {"/bin/sh", "-c", "cd -- \"$1\" || exit 125; shift; exec \"$@\"", "sh", dir, ctest};
@@ -747,7 +749,9 @@ std::map<std::string, std::string> missing_executables(const std::string& out) {
 std::optional<std::vector<Test>> list(const std::string& build_dir_in, const std::vector<std::string>& labels,
                                       std::string& error, const std::string& ctest, const std::string& config) {
   std::error_code ec;
-  const std::string build_dir = fs::absolute(build_dir_in, ec).lexically_normal().string();
+  fs::path dir = fs::absolute(build_dir_in, ec).lexically_normal();
+  if (!dir.has_filename() && dir != dir.root_path()) dir = dir.parent_path();  // "b/" -> "b"
+  const std::string build_dir = dir.string();
   if (!fs::exists(build_dir + "/CTestTestfile.cmake", ec)) {
     error = build_dir_in + " is not a CMake build tree with tests: it has no CTestTestfile.cmake" +
             (fs::is_directory(build_dir, ec) ? " (configure the project, with enable_testing(), first)"

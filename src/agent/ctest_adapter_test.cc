@@ -1008,6 +1008,15 @@ TEST_F(CtestReal, LabelsFilter) {
   EXPECT_EQ(names(listed({"fast"})), (std::set<std::string>{"pass", "fail"}));
   EXPECT_EQ(names(listed({"^unit$"})), std::set<std::string>{"pass"});
   EXPECT_EQ(names(listed({"fast", "unit"})), std::set<std::string>{"pass"});  // each -L must match
+  // A relative build directory with a trailing slash comes out absolute and clean.
+  const fs::path cwd = fs::current_path();
+  fs::current_path(root_);
+  std::string error;
+  const auto tests = list("build/", {"^unit$"}, error);
+  fs::current_path(cwd);
+  ASSERT_TRUE(tests) << error;
+  ASSERT_EQ(tests->size(), 1u);
+  EXPECT_EQ((*tests)[0].working_directory, build_);
 }
 
 // Runs one test's command as dtest's agent would: its working directory, its

@@ -66,7 +66,8 @@ struct Pipes {
 
 // Starts `python -m pytest -p dtest_pytest ARGS` in `mode`; the plugin reads
 // commands on fd 3 and writes events on fd 4.
-Child start_pytest(const Source& src, const char* mode, const std::map<std::string, std::string>& env, Pipes& p) {
+Child start_pytest(const Source& src, const char* mode, const std::map<std::string, std::string>& env, Pipes& p,
+                   bool list = false) {
   SpawnOptions so;
   so.argv = {python_of(src), "-m", "pytest", "-p", "dtest_pytest"};
   so.argv.insert(so.argv.end(), src.args.begin(), src.args.end());
@@ -75,6 +76,7 @@ Child start_pytest(const Source& src, const char* mode, const std::map<std::stri
   for (const auto& [k, v] : src.env) so.env[k] = v;
   so.env["DTEST_PYTEST_MODE"] = mode;
   so.env["DTEST_PYTEST_FDS"] = "3,4";
+  if (list) so.env["DTEST_PYTEST_LIST"] = "1";
   so.env["PYTHONPATH"] = with_pythonpath(plugin_dir());
   so.inherit = {{p.cmd_r, 3}, {p.ev_w, 4}};
   Child c = spawn(so);
@@ -96,6 +98,42 @@ void split_events(std::string& buf, std::vector<nlohmann::json>& out) {
     out.push_back(std::move(j));
   }
   buf.erase(0, start);
+}
+
+// The `collected` entry for the plugin's listing event.
+nlohmann::json entry_from_listing(const std::string& where, const nlohmann::json& listing) {
+  nlohmann::json entry = {{"path", where}};
+  std::string names;
+  nlohmann::json groups = nlohmann::json::array();
+  std::size_t count = 0;
+  for (const auto& item : listing.value("items", nlohmann::json::array())) {
+    if (!item.is_object() || !item.contains("id") || !item["id"].is_string()) continue;
+    const std::string id = item["id"].get<std::string>();
+    if (id.empty() || id.find('\n') != std::string::npos) continue;
+    if (count) names += '\n';
+    names += id;
+    if (auto g = item.find("group"); g != item.end() && g->is_string()) groups.push_back({count, g->get<std::string>()});
+    ++count;
+  }
+  entry["count"] = count;
+  entry["names"] = std::move(names);
+  if (!groups.empty()) entry["groups"] = std::move(groups);
+  nlohmann::json errors = nlohmann::json::array();
+  for (const auto& e : listing.value("errors", nlohmann::json::array()))
+    if (e.is_object())
+      errors.push_back("ERROR collecting " + e.value("id", std::string("?")) + "\n" + e.value("text", std::string()));
+  if (!errors.empty()) entry["errors"] = std::move(errors);
+  return entry;
+}
+
+// What a persistent worker's environment adds: suites written for
+// pytest-xdist keep working.
+std::map<std::string, std::string> xdist_env(const std::map<std::string, std::string>& env) {
+  std::map<std::string, std::string> e = env;
+  if (auto it = env.find("DTEST_WORKER"); it != env.end()) e["PYTEST_XDIST_WORKER"] = it->second;
+  if (auto it = env.find("DTEST_WORKER_COUNT"); it != env.end()) e["PYTEST_XDIST_WORKER_COUNT"] = it->second;
+  if (auto it = env.find("DTEST_TESTRUNUID"); it != env.end()) e["PYTEST_XDIST_TESTRUNUID"] = it->second;
+  return e;
 }
 
 std::optional<Outcome> outcome_of(const std::string& s, std::string& message) {
@@ -224,37 +262,17 @@ nlohmann::json collect(const Source& src, double timeout_s) {
                      "; it printed:\n" + last_bytes(out);
     return entry;
   }
-  std::string names;
-  nlohmann::json groups = nlohmann::json::array();
-  std::size_t count = 0;
-  for (const auto& item : listing->value("items", nlohmann::json::array())) {
-    if (!item.is_object() || !item.contains("id") || !item["id"].is_string()) continue;
-    const std::string id = item["id"].get<std::string>();
-    if (id.empty() || id.find('\n') != std::string::npos) continue;
-    if (count) names += '\n';
-    names += id;
-    if (auto g = item.find("group"); g != item.end() && g->is_string()) groups.push_back({count, g->get<std::string>()});
-    ++count;
-  }
-  entry["count"] = count;
-  entry["names"] = std::move(names);
-  if (!groups.empty()) entry["groups"] = std::move(groups);
-  nlohmann::json errors = nlohmann::json::array();
-  for (const auto& e : listing->value("errors", nlohmann::json::array()))
-    if (e.is_object())
-      errors.push_back("ERROR collecting " + e.value("id", std::string("?")) + "\n" + e.value("text", std::string()));
-  if (!errors.empty()) entry["errors"] = std::move(errors);
-  return entry;
+  return entry_from_listing(where, *listing);
 }
 
 // ---------------------------------------------------------------------------
 
 class Worker {
  public:
-  Worker(const Source& src, const std::map<std::string, std::string>& env) : key(src.key()) {
+  Worker(const Source& src, const std::map<std::string, std::string>& env, bool list = false) : key(src.key()) {
     Pipes p;
     try {
-      child = start_pytest(src, "worker", env, p);
+      child = start_pytest(src, "worker", xdist_env(env), p, list);
     } catch (...) {
       for (int fd : {p.cmd_r, p.cmd_w, p.ev_r, p.ev_w})
         if (fd >= 0) ::close(fd);
@@ -348,6 +366,54 @@ std::shared_ptr<Worker> WorkerPool::take(const Source& src, const std::map<std::
 
 void WorkerPool::give_back(std::shared_ptr<Worker> w) { idle_.emplace(w->key, std::move(w)); }
 
+void WorkerPool::warm(const Source& src, const std::map<std::string, std::string>& env) {
+  if (idle_.count(src.key())) return;
+  try {
+    give_back(std::make_shared<Worker>(src, env));
+  } catch (const std::exception&) {
+    // The first batch tries again and reports why it cannot start.
+  }
+}
+
+nlohmann::json WorkerPool::collect(const Source& src, const std::map<std::string, std::string>& env, double timeout_s) {
+  const std::string where = src.cwd.empty() ? "." : src.cwd;
+  // A fresh worker: one left from an earlier collection may have stale code.
+  for (auto it = idle_.find(src.key()); it != idle_.end(); it = idle_.find(src.key())) idle_.erase(it);
+  std::shared_ptr<Worker> w;
+  try {
+    w = std::make_shared<Worker>(src, env, true);
+  } catch (const std::exception& e) {
+    return {{"path", where}, {"error", std::string("pytest in ") + where + ": " + e.what()}};
+  }
+  const auto deadline = RunClock::now() + std::chrono::duration<double>(timeout_s);
+  std::optional<nlohmann::json> listing;
+  while (!listing) {
+    std::vector<nlohmann::json> evs;
+    w->read_events(evs);
+    w->drain_out();
+    for (auto& e : evs) {
+      const std::string ev = e.value("ev", "");
+      if (ev == "collected") listing = std::move(e);
+      else if (ev == "ready") w->ready = true;
+    }
+    if (listing) break;
+    const bool gone = w->ev_eof || w->exited();
+    if (gone || RunClock::now() >= deadline) {
+      w->kill();
+      return {{"path", where},
+              {"error", "pytest in " + where +
+                            (gone ? " failed to collect (" + describe_wait_status(w->status) + ")"
+                                  : std::string(" did not finish collecting in time")) +
+                            "; it printed:\n" + last_bytes(w->tail)}};
+    }
+    pollfd pf[2] = {{w->ev_fd, POLLIN, 0}, {w->child.out_fd, POLLIN, 0}};
+    ::poll(pf, 2, 50);
+  }
+  nlohmann::json entry = entry_from_listing(where, *listing);
+  give_back(std::move(w));
+  return entry;
+}
+
 void WorkerPool::shutdown(double grace_s) {
   for (auto& [k, w] : idle_) {
     w->send({{"cmd", "shutdown"}});
@@ -374,13 +440,8 @@ class PytestRunner : public Runner {
   PytestRunner(WorkerPool& pool, const Source& src, std::vector<std::string> ids,
                const std::map<std::string, std::string>& env, double timeout)
       : pool_(pool), ids_(std::move(ids)), got_(ids_.size(), 0), timeout_(timeout), started_(RunClock::now()) {
-    std::map<std::string, std::string> e = env;
-    // Suites written for pytest-xdist keep working.
-    if (auto it = env.find("DTEST_WORKER"); it != env.end()) e["PYTEST_XDIST_WORKER"] = it->second;
-    if (auto it = env.find("DTEST_WORKER_COUNT"); it != env.end()) e["PYTEST_XDIST_WORKER_COUNT"] = it->second;
-    if (auto it = env.find("DTEST_TESTRUNUID"); it != env.end()) e["PYTEST_XDIST_TESTRUNUID"] = it->second;
     try {
-      w_ = pool_.take(src, e);
+      w_ = pool_.take(src, env);
     } catch (const std::exception& ex) {
       spawn_error_ = ex.what();
       finished_ = true;

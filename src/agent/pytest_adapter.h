@@ -40,6 +40,13 @@ class Worker;
 class WorkerPool {
  public:
   ~WorkerPool();
+  // Collects with a worker process that then stays in the pool for this
+  // source's batches (one collection instead of two). Returns the same
+  // entry as collect().
+  nlohmann::json collect(const Source& src, const std::map<std::string, std::string>& env, double timeout_s = 300);
+  // Starts a worker now (it collects while the master is still collecting
+  // elsewhere); the first batch takes it.
+  void warm(const Source& src, const std::map<std::string, std::string>& env);
   std::shared_ptr<Worker> take(const Source& src, const std::map<std::string, std::string>& env);
   void give_back(std::shared_ptr<Worker> w);
   void shutdown(double grace_s = 5);

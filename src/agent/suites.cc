@@ -314,10 +314,27 @@ std::shared_ptr<SuiteHost::CtestListing> SuiteHost::ctest_listing(const nlohmann
   return l;
 }
 
-nlohmann::json SuiteHost::collect(const nlohmann::json& source) {
+static std::map<std::string, std::string> env_of(const nlohmann::json& env) {
+  std::map<std::string, std::string> out;
+  if (env.is_object())
+    for (const auto& [k, v] : env.items())
+      if (v.is_string()) out[k] = v.get<std::string>();
+  return out;
+}
+
+void SuiteHost::warm(const nlohmann::json& sources, const nlohmann::json& env) {
+  if (!sources.is_array()) throw ProtocolError("warm message: 'sources' is not a list");
+  for (const auto& s : sources)
+    if (s.is_object() && s.value("kind", "") == "pytest") pytest_.warm(pytest::Source::from_json(s), env_of(env));
+}
+
+nlohmann::json SuiteHost::collect(const nlohmann::json& source, const nlohmann::json& env) {
   if (!source.is_object()) throw ProtocolError("collect message: a source is not a map");
   const std::string kind = str_field(source, "kind", "a", true);
-  if (kind == "pytest") return pytest::collect(pytest::Source::from_json(source));
+  if (kind == "pytest") {
+    if (env.is_object()) return pytest_.collect(pytest::Source::from_json(source), env_of(env));
+    return pytest::collect(pytest::Source::from_json(source));
+  }
   if (kind == "command") return collect_command(CommandSource::from_json(source));
   if (kind == "ctest") {
     std::string error;

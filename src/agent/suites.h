@@ -20,7 +20,11 @@ class SuiteHost {
   // A `collected` entry for one source descriptor (kind ctest, pytest or
   // command): {path, count, names, disabled?, groups?, errors?} or
   // {path, error}. Throws ProtocolError for a malformed descriptor.
-  nlohmann::json collect(const nlohmann::json& source);
+  // `env`: the worker's (DTEST_WORKER, ...), when the master sends it: a
+  // pytest source is then collected by the worker that will run it.
+  nlohmann::json collect(const nlohmann::json& source, const nlohmann::json& env = {});
+  // `warm`: start pytest workers ahead of the first batch.
+  void warm(const nlohmann::json& sources, const nlohmann::json& env);
   // The runner for one batch of a non-GoogleTest source.
   std::unique_ptr<Runner> runner(const nlohmann::json& source, std::vector<std::string> tests,
                                  const std::map<std::string, std::string>& env, double timeout);

@@ -26,6 +26,7 @@ std::string_view to_string(MsgKind k) {
     case MsgKind::sync_fetch: return "sync_fetch";
     case MsgKind::exec: return "exec";
     case MsgKind::exec_done: return "exec_done";
+    case MsgKind::warm: return "warm";
   }
   return "unknown";
 }

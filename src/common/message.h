@@ -36,8 +36,9 @@ enum class MsgKind : std::uint8_t {
   // Set-up hooks (docs/protocol.md, "Set-up hooks"):
   exec = 17,         // master -> agent: run one shell command, capture its output
   exec_done = 18,    // agent -> master: its exit status and output
+  warm = 19,         // master -> agent: start the pytest workers of these sources now
 };
-inline constexpr MsgKind kLastMsgKind = MsgKind::exec_done;
+inline constexpr MsgKind kLastMsgKind = MsgKind::warm;
 
 std::string_view to_string(MsgKind k);
 

@@ -87,7 +87,7 @@ const std::vector<MsgKind> kAllKinds = {MsgKind::hello,   MsgKind::collect,    M
                                         MsgKind::log,     MsgKind::shutdown,   MsgKind::sync_begin,
                                         MsgKind::sync_state, MsgKind::sync_plan, MsgKind::sync_data,
                                         MsgKind::sync_sigs, MsgKind::sync_end,  MsgKind::sync_done,
-                                        MsgKind::sync_fetch, MsgKind::exec, MsgKind::exec_done};
+                                        MsgKind::sync_fetch, MsgKind::exec, MsgKind::exec_done, MsgKind::warm};
 
 // A plausible body for each kind (the codec does not look at fields, but
 // exercising realistic shapes catches CBOR type-mapping surprises).
@@ -137,6 +137,8 @@ json sample_body(MsgKind k) {
       return {{"id", 1}, {"command", "make -j2"}, {"cwd", "src"}, {"env", {{"DTEST_WORKER", "gw0"}}}};
     case MsgKind::exec_done:
       return {{"id", 1}, {"status", "exit status 0"}, {"exit_code", 0}, {"output", "built\n"}, {"seconds", 1.5}};
+    case MsgKind::warm:
+      return {{"sources", {{{"kind", "pytest"}, {"cwd", "/w"}, {"args", {"tests"}}}}}, {"env", {{"DTEST_WORKER", "gw1"}}}};
   }
   return json::object();
 }
@@ -273,8 +275,8 @@ TEST(DecodeMessage, UnknownKind) {
             "unknown message kind 200");
   EXPECT_EQ(protocol_error([] { decode_message(raw_frame(0, cbor(json::object()))); }),
             "unknown message kind 0");
-  EXPECT_EQ(protocol_error([] { decode_message(raw_frame(19, cbor(json::object()))); }),
-            "unknown message kind 19");
+  EXPECT_EQ(protocol_error([] { decode_message(raw_frame(20, cbor(json::object()))); }),
+            "unknown message kind 20");
   EXPECT_EQ(protocol_error([] { decode_message(raw_frame(255, "")); }),
             "unknown message kind 255");
 }

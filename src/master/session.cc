@@ -271,6 +271,11 @@ struct Session::Impl {
     return source < opts.kinds.size() ? opts.kinds[source] : gtest;
   }
   nlohmann::json source_for(int slot, std::size_t source) const;
+  nlohmann::json worker_env(int slot) const {
+    return {{"DTEST_WORKER", slots[static_cast<std::size_t>(slot)]->info.id},
+            {"DTEST_WORKER_COUNT", std::to_string(slots.size())},
+            {"DTEST_TESTRUNUID", opts.testrunuid}};
+  }
   void fill_run(nlohmann::json& run, int slot, std::size_t source) const;
   void on_collected(int i, const Message& m);
   void on_events(int i, const Message& m);
@@ -751,9 +756,22 @@ void Session::Impl::on_exec_done(int i, const Message& m) {
 
 void Session::Impl::slot_ready(int i) {
   auto& s = *slots[static_cast<std::size_t>(i)];
-  for (auto& g : groups)
-    if (!g.done && g.asked < 0 && std::find(g.slots.begin(), g.slots.end(), i) != g.slots.end())
-      ask_collect(g);
+  bool collects = false;
+  for (auto& g : groups) {
+    if (!g.done && g.asked < 0 && std::find(g.slots.begin(), g.slots.end(), i) != g.slots.end()) ask_collect(g);
+    collects |= g.asked == i && !g.done;
+  }
+  // pytest workers take a whole collection to start: the others start theirs
+  // while one gateway collects, not after.
+  if (!collects && collecting) {
+    const auto& caps = s.info.hello.value("caps", nlohmann::json::array());
+    if (caps.is_array() && std::find(caps.begin(), caps.end(), "warm") != caps.end()) {
+      nlohmann::json sources = nlohmann::json::array();
+      for (std::size_t b = 0; b < opts.binaries.size(); ++b)
+        if (kind_of(b) == "pytest") sources.push_back(source_for(i, b));
+      if (!sources.empty()) send(i, MsgKind::warm, {{"sources", std::move(sources)}, {"env", worker_env(i)}});
+    }
+  }
   if (!collecting) {
     // A late gateway joins the run under load.
     if (opts.dist != "each" && opts.dist != "no" && !units.empty()) {
@@ -781,7 +799,7 @@ void Session::Impl::ask_collect(CollectGroup& g) {
       sources.push_back(kind_of(b) == "gtest" ? nlohmann::json{{"kind", "gtest"}, {"path", path_for(i, b)}}
                                               : source_for(i, b));
     trace("{} collects {}", slots[static_cast<std::size_t>(i)]->info.id, sources.dump());
-    send(i, MsgKind::collect, {{"id", 1}, {"sources", std::move(sources)}});
+    send(i, MsgKind::collect, {{"id", 1}, {"sources", std::move(sources)}, {"env", worker_env(i)}});
     return;
   }
   // Nobody of the group is up (yet): if all are dead the group failed.
@@ -1158,7 +1176,8 @@ int Session::Impl::start_run() {
   for (const auto& u : units) total += u.tests.size();
   trace("run set up: {} unit(s), {} tests", units.size(), total);
   reporter.set_total(total);
-  reporter.collected(collected, opts.binaries.size(), units.size());
+  reporter.collected(collected, opts.binaries.size(), units.size(),
+                     std::all_of(opts.kinds.begin(), opts.kinds.end(), [](const std::string& k) { return k == "gtest"; }));
   if (opts.count > 1)
     reporter.note(fmt::format("--count {}: every test runs {} times ({} results)", opts.count, opts.count, total));
   if (total == 0) return kExitNoTests;

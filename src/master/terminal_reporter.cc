@@ -88,10 +88,14 @@ void TerminalReporter::gateway_lost(const GatewayInfo& gw, std::size_t requeued)
   out_.flush();
 }
 
-void TerminalReporter::collected(std::size_t tests, std::size_t binaries, std::size_t units) {
+void TerminalReporter::collected(std::size_t tests, std::size_t binaries, std::size_t units, bool all_gtest) {
   if (verbosity_ < 0) return;
-  out_ << fmt::format("collected {} test{} from {} binar{}", tests, tests == 1 ? "" : "s", binaries,
-                      binaries == 1 ? "y" : "ies");
+  if (all_gtest)
+    out_ << fmt::format("collected {} test{} from {} binar{}", tests, tests == 1 ? "" : "s", binaries,
+                        binaries == 1 ? "y" : "ies");
+  else
+    out_ << fmt::format("collected {} test{} from {} suite{}", tests, tests == 1 ? "" : "s", binaries,
+                        binaries == 1 ? "" : "s");
   if (units > 1) out_ << fmt::format(" (x{} platforms, --dist each)", units);
   out_ << "\n";
   if (verbosity_ >= 0) out_ << "\n";

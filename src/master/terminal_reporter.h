@@ -29,7 +29,8 @@ class TerminalReporter {
   void gateway_up(const GatewayInfo& gw);
   void gateway_failed(const GatewayInfo& gw);
   void gateway_lost(const GatewayInfo& gw, std::size_t requeued);
-  void collected(std::size_t tests, std::size_t binaries, std::size_t units);
+  // `binaries`: how many sources; `all_gtest`: name them binaries, else suites.
+  void collected(std::size_t tests, std::size_t binaries, std::size_t units, bool all_gtest = true);
   void collection_errors(const std::vector<std::string>& errors);
   void warning(const std::string& text);
   // A line of its own at -v (what a sync moved, say).

@@ -48,7 +48,7 @@ _OUTCOMES_OF_REPORTS = ("passed", "failed", "skipped")
 # The process-wide state: the channel is opened once, by the first config
 # that activates the plugin (a pytest run inside a test, e.g. pytester's
 # inline runs, never takes the channel over).
-_state = {"mode": None, "fds": None, "read_env": False, "channel": None, "owner": None, "early_sent": False}
+_state = {"mode": None, "fds": None, "lists": False, "read_env": False, "channel": None, "owner": None, "early_sent": False}
 
 
 def _mode():
@@ -59,7 +59,13 @@ def _mode():
         mode = os.environ.get("DTEST_PYTEST_MODE", "")
         _state["mode"] = mode or None
         _state["fds"] = os.environ.get("DTEST_PYTEST_FDS", "")
+        _state["lists"] = os.environ.get("DTEST_PYTEST_LIST") == "1"
     return _state["mode"]
+
+
+def _lists():
+    _mode()
+    return _state["lists"]
 
 
 def _check_mode():
@@ -207,6 +213,7 @@ def pytest_configure(config):
     _state["owner"] = config
     os.environ.pop("DTEST_PYTEST_MODE", None)
     os.environ.pop("DTEST_PYTEST_FDS", None)
+    os.environ.pop("DTEST_PYTEST_LIST", None)
     config.pluginmanager.register(_DtestPlugin(config, mode, channel), _PLUGIN_NAME)
     if not config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_fallback_fixtures(), _PLUGIN_NAME + "-worker-fixtures")
@@ -242,9 +249,9 @@ def pytest_load_initial_conftests(early_config, parser, args):
     except pytest.UsageError:
         return
     _state["early_sent"] = True
-    if mode == "collect":
+    if mode == "collect" or _lists():
         channel.send({"ev": "collected", "rootdir": rootdir, "items": [], "errors": [error]})
-    else:
+    if mode != "collect":
         channel.send({"ev": "ready", "count": 0, "errors": [error]})
 
 
@@ -539,7 +546,9 @@ class _DtestPlugin:
         if self.announced:
             return
         self.announced = True
-        if self.mode == "collect":
+        if self.mode == "collect" or _lists():
+            # A worker asked to list (DTEST_PYTEST_LIST=1) does both: the
+            # agent collects with the process that then runs its batches.
             self.channel.send(
                 {
                     "ev": "collected",
@@ -548,7 +557,7 @@ class _DtestPlugin:
                     "errors": self.errors,
                 }
             )
-        else:
+        if self.mode != "collect":
             for item in items:
                 self.by_id.setdefault(item.nodeid, item)
             self.channel.send({"ev": "ready", "count": len(items), "errors": self.errors})
