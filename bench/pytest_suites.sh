@@ -169,10 +169,11 @@ order = ["pytest", "pytest -n 2", "dtest -n 2, first run", "dtest -n 2, history"
 print(f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {cores} cores "
       f"({platform.system()} {platform.release()}); ratio = mean / mean of serial pytest. "
       f"sleepy: {len(ms)} tests, {total:.2f} s of sleep, longest {longest:.2f} s, "
-      f"lower bound max(longest, total / 2) = {bound:.2f} s.")
+      f"lower bound max(longest, total / 2) = {bound:.2f} s. CPU = user + system time "
+      f"of the command and its children (hyperfine's mean), less sensitive to other load.")
 print()
-print("| suite | command | mean [s] | σ [s] | runs | ratio vs pytest | / xdist | / lower bound |")
-print("|---|---|---:|---:|---:|---:|---:|---:|")
+print("| suite | command | mean [s] | σ [s] | runs | ratio vs pytest | / xdist | / lower bound | CPU [s] |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
 for suite, ntests in (("trivial", 5000), ("sleepy", len(ms))):
     path = os.path.join(results, suite + ".json")
     if not os.path.exists(path):
@@ -186,6 +187,7 @@ for suite, ntests in (("trivial", 5000), ("sleepy", len(ms))):
             continue
         over = f"{r['mean'] / bound:.3f}" if suite == "sleepy" else "–"
         print(f"| {suite} ({ntests} tests) | `{name}` | {r['mean']:.3f} | {r['stddev'] or 0:.3f} "
-              f"| {len(r['times'])} | {r['mean'] / base:.2f} | {r['mean'] / xdist:.2f} | {over} |")
+              f"| {len(r['times'])} | {r['mean'] / base:.2f} | {r['mean'] / xdist:.2f} | {over} "
+              f"| {r['user'] + r['system']:.2f} |")
 PY
 log "table saved to $RESULTS/results.md; traces in $RESULTS/trace-*.txt"

@@ -298,21 +298,37 @@ std::optional<Regex> Regex::compile(std::string_view pattern, std::string& error
   emit(parser.nodes(), root, rx.prog_);
   emit_inst(rx.prog_, Inst::Match);
 
-  // The bytes a match can begin with, away from the ends of the text: where
-  // nothing is under way, run() skips to the next of them.
-  std::vector<bool> seen(rx.prog_.size());
-  std::vector<int> stack = {0};
-  while (!stack.empty()) {
-    const auto pc = static_cast<std::size_t>(stack.back());
-    stack.pop_back();
-    if (seen[pc]) continue;
-    seen[pc] = true;
-    const Inst& in = rx.prog_[pc];
-    if (in.op == Inst::Set) rx.first_ |= rx.sets_[static_cast<std::size_t>(in.x)];
-    if (in.op == Inst::Match) rx.first_.set();
-    if (in.op == Inst::Split) stack.push_back(in.y);
-    if (in.op == Inst::Split || in.op == Inst::Jmp) stack.push_back(in.x);
-    // Bol and Eol fail away from the ends.
+  // What can follow each place a match continues at, away from the ends of
+  // the text, so that run() steps through the middle without walking Split
+  // and Jmp chains; and the bytes a match can begin with, so that where
+  // nothing is under way run() skips to the next of them.
+  const std::size_t n = rx.prog_.size();
+  rx.closure_.assign(n, {});
+  rx.closure_match_.assign(n, 0);
+  std::vector<std::size_t> seen(n, 0);
+  std::size_t total = 0;
+  std::vector<int> stack;
+  for (std::size_t from = 0; from < n; ++from) {
+    if (from != 0 && rx.prog_[from - 1].op != Inst::Set) continue;
+    stack.assign(1, static_cast<int>(from));
+    while (!stack.empty()) {
+      const auto pc = static_cast<std::size_t>(stack.back());
+      stack.pop_back();
+      if (seen[pc] == from + 1) continue;
+      seen[pc] = from + 1;
+      const Inst& in = rx.prog_[pc];
+      if (in.op == Inst::Set) rx.closure_[from].push_back(static_cast<int>(pc));
+      if (in.op == Inst::Match) rx.closure_match_[from] = 1;
+      if (in.op == Inst::Split) stack.push_back(in.y);
+      if (in.op == Inst::Split || in.op == Inst::Jmp) stack.push_back(in.x);
+    }
+    total += rx.closure_[from].size();
+  }
+  for (int pc : rx.closure_[0]) rx.first_ |= rx.sets_[static_cast<std::size_t>(rx.prog_[static_cast<std::size_t>(pc)].x)];
+  if (rx.closure_match_[0]) rx.first_.set();
+  if (total > (1u << 20)) {  // a pathological pattern: walk instead
+    rx.closure_.clear();
+    rx.closure_match_.clear();
   }
   return rx;
 }
@@ -332,6 +348,18 @@ bool Regex::run(std::string_view text) const {
   // Adds pc and everything reachable from it without reading a byte at
   // `pos`; true when that reaches Match.
   auto add = [&](std::vector<int>& list, int start, std::size_t pos) {
+    if (pos != 0 && pos != text.size() && !closure_.empty()) {
+      const auto from = static_cast<std::size_t>(start);
+      if (closure_match_[from]) return true;
+      for (int pc : closure_[from]) {
+        auto& seen = mark[static_cast<std::size_t>(pc)];
+        if (seen != step) {
+          seen = step;
+          list.push_back(pc);
+        }
+      }
+      return false;
+    }
     stack.assign(1, start);
     while (!stack.empty()) {
       const int pc = stack.back();

@@ -126,6 +126,11 @@ class Regex {
   std::vector<Inst> prog_;
   std::vector<std::bitset<256>> sets_;
   std::bitset<256> first_;  // the bytes a match can start with (see compile)
+  // Away from the ends of the text (where ^ and $ fail), the Set states
+  // reachable without reading from 0 and from after each Set, and whether
+  // Match is; empty when that would be too big (run() then walks).
+  std::vector<std::vector<int>> closure_;
+  std::vector<char> closure_match_;
   std::string literal_;  // the whole pattern when it has no special characters
   bool is_literal_ = false;
 };

@@ -346,13 +346,15 @@ nlohmann::json SuiteHost::collect(const nlohmann::json& source, const nlohmann::
     auto l = ctest_listing(source, error);
     if (!l) return {{"path", dir}, {"error", error}};
     std::vector<std::string> names;
-    nlohmann::json disabled = nlohmann::json::array();
+    nlohmann::json disabled = nlohmann::json::array(), serial = nlohmann::json::array();
     for (std::size_t i = 0; i < l->tests.size(); ++i) {
       names.push_back(l->tests[i].name);
       if (l->tests[i].disabled) disabled.push_back(i);
+      if (l->tests[i].run_serial) serial.push_back(i);
     }
     nlohmann::json entry = {{"path", dir}, {"count", names.size()}, {"names", join_names(names)}};
     if (!disabled.empty()) entry["disabled"] = std::move(disabled);
+    if (!serial.empty()) entry["serial"] = std::move(serial);
     return entry;
   }
   throw ProtocolError("collect message: unsupported suite kind '" + kind + "'");

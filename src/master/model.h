@@ -16,6 +16,7 @@ struct TestCase {
   int binary_index = -1;  // position of `binary` on the command line
   std::string name;    // GoogleTest full name, "Suite.Name"
   bool disabled = false;
+  bool serial = false;  // CTest's RUN_SERIAL: runs when nothing else does
   std::string type_param, value_param;
   std::string group;    // pytest's xdist_group mark (loadgroup), else empty
   // "binary::Suite.Name" for GoogleTest; sources without a display prefix

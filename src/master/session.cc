@@ -175,6 +175,9 @@ struct UnitState {
   std::vector<int> retries_used;
   std::vector<std::optional<TestResult>> last_failure;
   std::deque<int> retry_queue;
+  // RUN_SERIAL tests: each runs alone, once nothing else is queued or in
+  // flight in the unit.
+  std::deque<int> serial_queue;
 };
 
 struct InFlight {
@@ -866,6 +869,7 @@ void Session::Impl::on_collected(int i, const Message& m) {
       return tests[first + v.get<std::size_t>()];
     };
     mark("disabled", [&](const nlohmann::json& v) { index(v, "disabled").disabled = true; });
+    mark("serial", [&](const nlohmann::json& v) { index(v, "serial").serial = true; });
     mark("groups", [&](const nlohmann::json& v) {
       if (!v.is_array() || v.size() != 2 || !v[1].is_string())
         throw ProtocolError("collected message: 'groups' holds something other than [index, name]");
@@ -1095,7 +1099,9 @@ int Session::Impl::start_run() {
     order.reserve(tests.size());
     for (std::size_t t = 0; t < tests.size(); ++t) {
       us.binary_of.push_back(tests[t].binary_index);
-      if (!tests[t].disabled) order.push_back(static_cast<int>(t));
+      if (tests[t].disabled) continue;
+      if (tests[t].serial) us.serial_queue.push_back(static_cast<int>(t));
+      else order.push_back(static_cast<int>(t));
     }
     if (count == 1) group_of = us.binary_of;
     us.sched = std::make_unique<Scheduler>(group_of, order, static_cast<int>(workers.size()));
@@ -1200,7 +1206,17 @@ void Session::Impl::dispatch() {
     if (dispatch_retry(static_cast<int>(i))) continue;
     auto& us = ustate[static_cast<std::size_t>(s.unit)];
     auto b = us.sched->next(static_cast<int>(i));
-    if (!b) continue;
+    if (!b) {
+      // RUN_SERIAL: one at a time, when the unit has nothing else to do.
+      if (us.serial_queue.empty() || !us.sched->empty() || !us.retry_queue.empty() || stop_requested) continue;
+      const bool busy = std::any_of(inflight.begin(), inflight.end(),
+                                    [&](const auto& kv) { return kv.second.unit == s.unit; });
+      if (busy) continue;
+      us.retry_queue.push_back(us.serial_queue.front());
+      us.serial_queue.pop_front();
+      dispatch_retry(static_cast<int>(i));
+      continue;
+    }
     InFlight f;
     f.unit = s.unit;
     f.slot = static_cast<int>(i);
@@ -1336,7 +1352,7 @@ void Session::Impl::on_batch_done(int i, const Message& m) {
 
 bool Session::Impl::run_finished() const {
   for (const auto& us : ustate)
-    if (!us.sched->empty() || !us.sched->idle() || !us.retry_queue.empty()) return false;
+    if (!us.sched->empty() || !us.sched->idle() || !us.retry_queue.empty() || !us.serial_queue.empty()) return false;
   for (const auto& [id, f] : inflight)
     if (f.retry) return false;
   return true;
@@ -1363,6 +1379,12 @@ void Session::Impl::settle_orphans() {
       const int t = us.retry_queue.front();
       us.retry_queue.pop_front();
       settle(static_cast<int>(u), t, {});
+    }
+    for (; !us.serial_queue.empty(); us.serial_queue.pop_front()) {
+      TestResult r;
+      r.outcome = Outcome::not_run;
+      r.message = "no gateway left to run it (" + lost + ")";
+      record(static_cast<int>(u), us.serial_queue.front(), std::move(r));
     }
     if (us.sched->empty()) continue;
     for (int t : us.sched->drain()) {
