@@ -4,6 +4,7 @@
 #   delta  the delta syncer: decode_signature + DeltaApplier (delta_fuzz.cc)
 #   manifest  the syncer's manifests, sync_data records, sync_sigs lists
 #          (manifest_fuzz.cc)
+#   report the command suites' JUnit XML and TAP readers (report_fuzz.cc)
 #   tests/fuzz/build.sh [SECONDS]      default 60, for each target
 # Env: FUZZ_OUT      build/run directory (default: build-fuzz/ in the repo)
 #      FUZZ_TARGETS  which targets to build and run (default: "frame delta")
@@ -20,10 +21,11 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 out="${FUZZ_OUT:-$repo/build-fuzz}"
 cxx="${CXX:-clang++}"
-targets="${FUZZ_TARGETS:-frame delta manifest}"
+targets="${FUZZ_TARGETS:-frame delta manifest report}"
 frame_src=(src/common/frame.cc src/common/message.cc)
 delta_src=(sync/delta.cc)
 manifest_src=(sync/tree.cc sync/ignore.cc sync/wire.cc)
+report_src=(src/agent/report_parse.cc src/common/outcome.cc)
 
 defs=()
 if [[ "${SKIP_KNOWN:-0}" == 1 ]]; then defs+=(-DDTEST_FUZZ_SKIP_KNOWN_BUGS); fi
@@ -45,7 +47,8 @@ for target in $targets; do
     frame) src=("${frame_src[@]}"); libs=(-lzstd) ;;
     delta) src=("${delta_src[@]}"); libs=() ;;
     manifest) src=("${manifest_src[@]}"); libs=() ;;
-    *) echo "unknown fuzz target: $target (frame, delta, manifest)" >&2; exit 2 ;;
+    report) src=("${report_src[@]}"); libs=(-lpugixml) ;;
+    *) echo "unknown fuzz target: $target (frame, delta, manifest, report)" >&2; exit 2 ;;
   esac
   paths "$target"
   mkdir -p "$corpus" "$seeds"

@@ -228,3 +228,18 @@ def test_xdist_options_do_not_distribute(sample, start):
     assert (r["outcome"], r["message"]) == ("passed", ""), r["output"]
     rest, status = w.shutdown()
     assert (rest, status) == ([], 0)
+
+
+def test_listing_worker_lists_then_serves(sample, start):
+    """DTEST_PYTEST_LIST=1: the same process writes the listing, then ready,
+    then runs batches (the agent collects with the worker that will run)."""
+    w = start(sample("basic"), "worker", env={"DTEST_PYTEST_LIST": "1"})
+    listing = w.expect("collected")
+    ids = [item["id"] for item in listing["items"]]
+    assert len(ids) == 26
+    assert outcomes_id("test_pass") in ids
+    assert w.expect("ready") == {"ev": "ready", "count": 26, "errors": []}
+    result = run_one(w, outcomes_id("test_pass"))
+    assert result["outcome"] == "passed"
+    # The variable is the plugin's own: tests do not see it.
+    w.shutdown()

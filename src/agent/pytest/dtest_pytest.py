@@ -6,6 +6,8 @@ file's folder on PYTHONPATH and, in the environment:
   DTEST_PYTEST_MODE  ``collect`` or ``worker``; when unset the plugin does nothing
   DTEST_PYTEST_FDS   ``IN,OUT``: inherited descriptors; commands are read from IN,
                      events written to OUT, one JSON object a line, flushed each line
+  DTEST_PYTEST_LIST  ``1``: a worker also writes the ``collected`` line (before
+                     ``ready``), so one process both lists and runs
 
 collect: pytest collects (paths, -k, -m, ini options all apply), then one line
   {"ev":"collected","rootdir":..,"items":[{"id","file","scope","group"}],"errors":[{"id","text"}]}
