@@ -157,23 +157,21 @@ nlohmann::json collect_command(const CommandSource& s) {
   return entry;
 }
 
-// Replaces {ids}, {id} and {file} in the run command by the quoted ids.
-std::string expand_run(const std::string& run, const std::vector<std::string>& ids) {
-  std::string words;
-  for (const auto& id : ids) words += (words.empty() ? "" : " ") + shell_quote(id);
+// Replaces the placeholders of a command: {ids}, {id} and {file} by the
+// quoted ids, {result_file} by the quoted report path, {worker} by the
+// worker's id (DTEST_WORKER).
+std::string expand(const std::string& text, const std::vector<std::pair<std::string, std::string>>& values) {
   std::string out;
-  for (std::size_t i = 0; i < run.size();) {
+  for (std::size_t i = 0; i < text.size();) {
     bool hit = false;
-    for (const char* key : {"{ids}", "{id}", "{file}"}) {
-      const std::size_t n = std::strlen(key);
-      if (run.compare(i, n, key) == 0) {
-        out += words;
-        i += n;
+    for (const auto& [key, value] : values)
+      if (text.compare(i, key.size(), key) == 0) {
+        out += value;
+        i += key.size();
         hit = true;
         break;
       }
-    }
-    if (!hit) out += run[i++];
+    if (!hit) out += text[i++];
   }
   return out;
 }
@@ -229,13 +227,35 @@ std::vector<Job> command_jobs(const CommandSource& s, const std::vector<std::str
     } catch (const std::exception&) {
     }
     if (!idfile.empty()) job.spawn.env["DTEST_IDFILE"] = idfile;
-    job.spawn.argv = {"/bin/sh", "-c", expand_run(s.run, ids)};
+    const auto w = env.find("DTEST_WORKER");
+    const std::string worker = w == env.end() ? std::string("gw0") : w->second;
+    // The report: the configured path (its {worker} makes it per worker), or
+    // with {result_file} in `run` and no path configured, a private temp file
+    // per run, so workers sharing a folder never read each other's.
     std::string result_file;
-    if (!s.result_file.empty())
-      result_file = s.result_file[0] == '/' || s.cwd.empty() ? s.result_file : s.cwd + "/" + s.result_file;
-    if (!result_file.empty()) ::unlink(result_file.c_str());  // no stale results from an earlier run
-    job.cleanup = [idfile] {
+    bool private_result = false;
+    if (!s.result_file.empty()) {
+      const std::string rf = expand(s.result_file, {{"{worker}", worker}});
+      result_file = rf[0] == '/' || s.cwd.empty() ? rf : s.cwd + "/" + rf;
+    } else if (s.format != "exit" && s.run.find("{result_file}") != std::string::npos) {
+      try {
+        result_file = temp_file("dtest-result-", "");
+        private_result = true;
+      } catch (const std::exception&) {
+      }
+    }
+    if (!result_file.empty()) {
+      ::unlink(result_file.c_str());  // no stale results from an earlier run
+      job.spawn.env["DTEST_RESULT_FILE"] = result_file;
+    }
+    std::string words;
+    for (const auto& id : ids) words += (words.empty() ? "" : " ") + shell_quote(id);
+    job.spawn.argv = {"/bin/sh", "-c",
+                      expand(s.run, {{"{ids}", words}, {"{id}", words}, {"{file}", words},
+                                     {"{result_file}", shell_quote(result_file)}, {"{worker}", shell_quote(worker)}})};
+    job.cleanup = [idfile, result_file, private_result] {
       if (!idfile.empty()) ::unlink(idfile.c_str());
+      if (private_result) ::unlink(result_file.c_str());
     };
     const std::string format = s.format;
     job.judge = [ids, format, result_file](const Job& j, int status, const std::string& output, bool timed_out,
@@ -307,6 +327,38 @@ std::shared_ptr<SuiteHost::CtestListing> SuiteHost::ctest_listing(const nlohmann
   if (auto it = ctest_.find(key); it != ctest_.end()) return it->second;
   auto tests = ctest::list(dir, labels, error);
   if (!tests) return nullptr;
+  // [local root, its copy here (relative to this agent's folder)]: the
+  // tree's absolute local paths point into the copy instead.
+  if (auto rw = source.find("rewrite"); rw != source.end() && rw->is_array()) {
+    char buf[4096] = {};
+    const std::string here = ::getcwd(buf, sizeof buf) ? buf : ".";
+    std::vector<std::pair<std::string, std::string>> map;
+    for (const auto& p : *rw)
+      if (p.is_array() && p.size() == 2 && p[0].is_string() && p[1].is_string() && !p[0].get<std::string>().empty()) {
+        std::string to = p[1].get<std::string>();
+        if (to.empty() || to[0] != '/') to = to == "." ? here : here + "/" + to;
+        map.emplace_back(p[0].get<std::string>(), to);
+      }
+    auto fix = [&](std::string& s) {
+      for (const auto& [from, to] : map)
+        if (s == from || (s.size() > from.size() && s.compare(0, from.size(), from) == 0 && s[from.size()] == '/')) {
+          s = to + s.substr(from.size());
+          return;
+        }
+    };
+    for (auto& t : *tests) {
+      for (auto& a : t.command) fix(a);
+      fix(t.working_directory);
+      for (auto& f : t.required_files) fix(f);
+      for (auto& e : t.environment) {
+        const auto eq = e.find('=');
+        if (eq == std::string::npos) continue;
+        std::string v = e.substr(eq + 1);
+        fix(v);
+        e = e.substr(0, eq + 1) + v;
+      }
+    }
+  }
   auto l = std::make_shared<CtestListing>();
   l->tests = std::move(*tests);
   for (std::size_t i = 0; i < l->tests.size(); ++i) l->by_name.emplace(l->tests[i].name, i);
@@ -355,6 +407,16 @@ nlohmann::json SuiteHost::collect(const nlohmann::json& source, const nlohmann::
     nlohmann::json entry = {{"path", dir}, {"count", names.size()}, {"names", join_names(names)}};
     if (!disabled.empty()) entry["disabled"] = std::move(disabled);
     if (!serial.empty()) entry["serial"] = std::move(serial);
+    // Properties that change how ctest would schedule or run a test, which
+    // dtest does not honour: say so once per property.
+    std::map<std::string, std::vector<std::string>> unsupported;
+    for (const auto& t : l->tests)
+      for (const auto& p : t.unsupported) unsupported[p].push_back(t.name);
+    nlohmann::json warnings = nlohmann::json::array();
+    for (const auto& [prop, tests] : unsupported)
+      warnings.push_back(std::to_string(tests.size()) + " test(s) in " + dir + " set " + prop + " (first: " +
+                         tests.front() + "), which dtest does not honour: they run as if it were not set");
+    if (!warnings.empty()) entry["warnings"] = std::move(warnings);
     return entry;
   }
   throw ProtocolError("collect message: unsupported suite kind '" + kind + "'");
@@ -382,6 +444,7 @@ std::unique_ptr<Runner> SuiteHost::runner(const nlohmann::json& source, std::vec
     std::string env_error;
     if (t && !pre) {
       job.spawn.env = env;
+      for (const auto& [name, value] : env_field(source)) job.spawn.env[name] = value;
       if (!ctest::apply_environment(*t, job.spawn.env, job.spawn.unset, env_error))
         pre = ctest::Verdict{Outcome::not_run, env_error};
     }

@@ -373,40 +373,22 @@ int dtest_main(int argc_in, char** argv_in, std::ostream& out, std::ostream& err
   } else if (!dist.empty()) {
     note_value("dist", dist, "command line");
   }
-  {
+  // Lists: the file's values first, then the command line's.
+  auto merge_list = [&](const char* key, const std::vector<config::Value<std::string>>& from_file,
+                        std::vector<std::string>& from_cli) {
     std::vector<std::string> merged;
-    for (const auto& t : cfg.tx) {
-      merged.push_back(t.value);
-      note_value("tx", t.value, origin_text(t.origin));
+    for (const auto& v : from_file) {
+      merged.push_back(v.value);
+      note_value(key, v.value, origin_text(v.origin));
     }
-    for (const auto& t : tx) note_value("tx", t, "command line");
-    merged.insert(merged.end(), tx.begin(), tx.end());
-    tx = std::move(merged);
-    std::vector<std::string> dirs;
-    for (const auto& d : cfg.rsyncdirs) {
-      dirs.push_back(d.value);
-      note_value("rsyncdir", d.value, origin_text(d.origin));
-    }
-    for (const auto& d : rsyncdirs) note_value("rsyncdir", d, "command line");
-    dirs.insert(dirs.end(), rsyncdirs.begin(), rsyncdirs.end());
-    rsyncdirs = std::move(dirs);
-    std::vector<std::string> ign;
-    for (const auto& d : cfg.rsyncignore) {
-      ign.push_back(d.value);
-      note_value("rsyncignore", d.value, origin_text(d.origin));
-    }
-    for (const auto& d : rsyncignore) note_value("rsyncignore", d, "command line");
-    ign.insert(ign.end(), rsyncignore.begin(), rsyncignore.end());
-    rsyncignore = std::move(ign);
-    std::vector<std::string> grp;
-    for (const auto& g : cfg.groups) {
-      grp.push_back(g.value);
-      note_value("group", g.value, origin_text(g.origin));
-    }
-    for (const auto& g : group_regexes) note_value("group", g, "command line");
-    grp.insert(grp.end(), group_regexes.begin(), group_regexes.end());
-    group_regexes = std::move(grp);
-  }
+    for (const auto& v : from_cli) note_value(key, v, "command line");
+    merged.insert(merged.end(), from_cli.begin(), from_cli.end());
+    from_cli = std::move(merged);
+  };
+  merge_list("tx", cfg.tx, tx);
+  merge_list("rsyncdir", cfg.rsyncdirs, rsyncdirs);
+  merge_list("rsyncignore", cfg.rsyncignore, rsyncignore);
+  merge_list("group", cfg.groups, group_regexes);
   if (timeout_text.empty() && cfg.timeout) {
     timeout_text = fmt::format("{}", cfg.timeout->value);
     note_value("timeout", timeout_text, origin_text(cfg.timeout->origin));
@@ -500,7 +482,7 @@ int dtest_main(int argc_in, char** argv_in, std::ostream& out, std::ostream& err
   opts.continue_on_collection_errors = continue_on_errors;
   opts.hello_timeout = hello_timeout;
   opts.record = true;
-  opts.args.assign(argv, argv + argc);
+  opts.args.assign(argv_in, argv_in + argc_in);  // with what followed --
   opts.last_failed = last_failed;
   for (const auto& g : group_regexes) {
     try {

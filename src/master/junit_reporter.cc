@@ -5,6 +5,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <algorithm>
+#include <tuple>
 #include <map>
 #include <stdexcept>
 #include <unistd.h>
@@ -60,6 +62,32 @@ std::string attrs(const Counts& c) {
                      c.failures, c.errors, c.skipped, c.time);
 }
 
+// classname, name and file of a test case, as each framework's own JUnit
+// writer names them: GoogleTest "Suite" / "Name"; pytest (its junitxml's
+// mangling) "dir.test_mod.Class" / "test[param]" with the file; CTest and
+// command tests their suite's name (or kind) / the id.
+std::tuple<std::string, std::string, std::string> junit_names(const TestCase& t) {
+  if (t.kind == "gtest") return {t.suite(), t.short_name(), t.binary};
+  if (t.kind == "pytest") {
+    std::vector<std::string> parts;
+    for (std::size_t pos = 0;;) {
+      const std::size_t next = t.name.find("::", pos);
+      parts.push_back(t.name.substr(pos, next == std::string::npos ? std::string::npos : next - pos));
+      if (next == std::string::npos) break;
+      pos = next + 2;
+    }
+    std::string file = parts.front();
+    std::string cls = file;
+    if (cls.size() > 3 && cls.ends_with(".py")) cls.resize(cls.size() - 3);
+    std::replace(cls.begin(), cls.end(), '/', '.');
+    for (std::size_t k = 1; k + 1 < parts.size(); ++k) cls += "." + parts[k];
+    std::string name = parts.size() > 1 ? parts.back() : t.name;
+    if (!t.binary.empty()) cls = t.binary + "." + cls;
+    return {cls, name, file};
+  }
+  return {t.binary.empty() ? t.kind : t.binary, t.name, std::string()};
+}
+
 }  // namespace
 
 std::string junit_xml(const std::vector<Unit>& units, double seconds, const std::string& hostname) {
@@ -82,9 +110,9 @@ std::string junit_xml(const std::vector<Unit>& units, double seconds, const std:
         if (!u.results[i]) continue;
         const auto& r = *u.results[i];
         add(c, r);
+        const auto [classname, name, file] = junit_names(t);
         cases += fmt::format("    <testcase classname=\"{}\" name=\"{}\" file=\"{}\" time=\"{:.3f}\">\n",
-                             xml_escape(t.suite()), xml_escape(t.short_name()), xml_escape(t.binary),
-                             r.duration);
+                             xml_escape(classname), xml_escape(name), xml_escape(file), r.duration);
         cases += fmt::format(
             "      <properties><property name=\"worker\" value=\"{}\"/><property name=\"gateway\" "
             "value=\"{}\"/><property name=\"outcome\" value=\"{}\"/></properties>\n",
@@ -120,7 +148,9 @@ std::string junit_xml(const std::vector<Unit>& units, double seconds, const std:
       total.failures += c.failures;
       total.errors += c.errors;
       total.skipped += c.skipped;
-      const std::string name = u.name.empty() ? bin : bin + " [" + u.name + "]";
+      // Sources without a display prefix are named by their kind.
+      const std::string shown = bin.empty() ? u.tests[by_binary[bin].front()].kind : bin;
+      const std::string name = u.name.empty() ? shown : shown + " [" + u.name + "]";
       body += fmt::format("  <testsuite name=\"{}\" {} hostname=\"{}\">\n", xml_escape(name), attrs(c),
                           xml_escape(hostname));
       if (!u.name.empty())

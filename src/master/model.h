@@ -19,6 +19,7 @@ struct TestCase {
   bool serial = false;  // CTest's RUN_SERIAL: runs when nothing else does
   std::string type_param, value_param;
   std::string group;    // pytest's xdist_group mark (loadgroup), else empty
+  std::string kind = "gtest";  // the source's kind: gtest, pytest, ctest, command
   // "binary::Suite.Name" for GoogleTest; sources without a display prefix
   // (pytest, CTest and command suites without a `name`) use the bare name,
   // so pytest ids are pytest's node ids.

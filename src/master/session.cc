@@ -401,6 +401,13 @@ nlohmann::json Session::Impl::source_for(int slot, std::size_t source) const {
   d["kind"] = kind_of(source);
   for (const char* key : {"cwd", "build_dir"})
     if (auto it = d.find(key); it != d.end() && it->is_string()) *it = map_path(slot, it->get<std::string>());
+  // A CTest tree names its programs and folders by absolute local paths:
+  // the agent rewrites those inside a synced root to its copy.
+  if (kind_of(source) == "ctest" && slots[static_cast<std::size_t>(slot)]->sync >= 0) {
+    nlohmann::json rw = nlohmann::json::array();
+    for (const auto& root : opts.rsyncdirs) rw.push_back({root, map_path(slot, root)});
+    d["rewrite"] = std::move(rw);
+  }
   return d;
 }
 
@@ -428,6 +435,8 @@ std::string Session::Impl::map_path(int slot, const std::string& p) const {
     if (p.size() > root.size() + 1 && p.compare(0, root.size(), root) == 0 && p[root.size()] == '/')
       return name + "/" + p.substr(root.size() + 1);
     if (p == root) return name;
+    // The folder holding a root is the work dir that holds its copy.
+    if (slash != std::string::npos && p == (slash == 0 ? std::string("/") : root.substr(0, slash))) return ".";
   }
   return p;
 }
@@ -833,6 +842,9 @@ void Session::Impl::on_collected(int i, const Message& m) {
       errors.push_back(e->is_string() ? e->get<std::string>() : "unknown error");
       continue;
     }
+    if (auto w = entry.find("warnings"); w != entry.end() && w->is_array())
+      for (const auto& x : *w)
+        if (x.is_string()) reporter.warning(x.get<std::string>());
     // Errors beside a listing (pytest: a file that failed to import).
     if (auto e = entry.find("errors"); e != entry.end()) {
       if (!e->is_array()) throw ProtocolError("collected message: 'errors' is not a list");
@@ -850,6 +862,7 @@ void Session::Impl::on_collected(int i, const Message& m) {
       TestCase tc;
       tc.binary = opts.binaries[b];
       tc.binary_index = static_cast<int>(b);
+      tc.kind = kind_of(b);
       tc.name = all.substr(pos, nl - pos);
       if (tc.name.empty()) throw ProtocolError("collected message: an empty test name");
       tests.push_back(std::move(tc));
@@ -1021,6 +1034,9 @@ int Session::Impl::start_run() {
       interrupt_reason = fmt::format("{} error{} during collection", errors.size(), errors.size() == 1 ? "" : "s");
       return kExitInterrupted;
     }
+    // As pytest --continue-on-collection-errors: the rest runs, and the
+    // errors still fail the run.
+    for (const auto& e : errors) run_errors.push_back("collection error: " + e.substr(0, e.find('\n')));
   }
   if (opts.dist != "each") {
     // Every platform must have collected the same tests (pytest-xdist's

@@ -78,7 +78,9 @@ void add_suite(const config::Suite& s, const std::vector<std::string>& pytest_ar
   nlohmann::json d = {{"cwd", s.cwd}};
   if (!s.env.empty()) d["env"] = env_json(s.env);
   if (s.kind == "ctest") {
-    d = {{"build_dir", s.build_dir}, {"labels", s.labels}};
+    d.erase("cwd");  // a CTest test runs in its own WORKING_DIRECTORY
+    d["build_dir"] = s.build_dir;
+    d["labels"] = s.labels;
     if (!fs::exists(fs::path(s.build_dir) / "CTestTestfile.cmake"))
       errors.push_back(fmt::format("{}: ctest suite: {} is not a CMake build tree with tests (no CTestTestfile.cmake)",
                                    s.origin.str(), s.build_dir));

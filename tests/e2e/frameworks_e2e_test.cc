@@ -286,6 +286,9 @@ class Frameworks : public ::testing::Test {
     o.cwd = cwd;
     o.timeout = timeout;
     o.env = env;
+    // ctest_project's variables reach its tests only where a test says so.
+    for (const auto& [k, v] : kCtestFixtureEnv)
+      if (!env.count(k)) o.unset.insert(k);
     o.env.emplace("PYTHONDONTWRITEBYTECODE", "1");
     ProcResult r = dtest::testing::run_process(argv, o);
     if (r.timed_out) {
@@ -370,11 +373,12 @@ class PytestVsDtest : public Frameworks {
   PytestPair both() {
     PytestPair p;
     p.dir = project("pytest_project");
-    p.direct = run({kPython, "-m", "pytest", "-p", "no:cacheprovider", "--junitxml=direct.xml",
-                    "tests/test_outcomes.py", "tests/test_more.py"},
-                   p.dir,
-                   {{"PYTEST_XDIST_WORKER", "gw0"}, {"PYTEST_XDIST_WORKER_COUNT", "1"}, {"DTEST_WORKER", "gw0"}});
-    p.dtest = dtest({"--tx", kPy2, "-v", "--junitxml=dtest.xml", "tests/test_outcomes.py", "tests/test_more.py"}, p.dir);
+    p.direct =
+        run({kPython, "-m", "pytest", "-p", "no:cacheprovider", "--junitxml=direct.xml", "tests/test_outcomes.py",
+             "tests/test_more.py"},
+            p.dir, {{"PYTEST_XDIST_WORKER", "gw0"}, {"PYTEST_XDIST_WORKER_COUNT", "1"}, {"DTEST_WORKER", "gw0"}});
+    p.dtest =
+        dtest({"--tx", kPy2, "-v", "--junitxml=dtest.xml", "tests/test_outcomes.py", "tests/test_more.py"}, p.dir);
     return p;
   }
 };
@@ -473,7 +477,8 @@ TEST_F(Frameworks, PytestArgumentsAfterDoubleDashSelect) {
 TEST_F(Frameworks, LoadfileKeepsEachPytestFileOnOneWorker) {
   REQUIRE_PYTEST();
   const std::string p = project("pytest_project");
-  const ProcResult r = dtest({"--tx", kPy2, "-v", "--dist", "loadfile", "tests/test_outcomes.py", "tests/test_more.py"}, p);
+  const ProcResult r =
+      dtest({"--tx", kPy2, "-v", "--dist", "loadfile", "tests/test_outcomes.py", "tests/test_more.py"}, p);
   EXPECT_EQ(r.exit_code, 1) << describe(r);
   const auto lines = by_id(verbose_lines(r.out));
   EXPECT_EQ(lines.size(), 20u) << r.out;
@@ -518,7 +523,8 @@ TEST_F(Frameworks, XdistVariablesNameTheWorkerThatRanTheTest) {
   const std::string p = project("pytest_project");
   ProcResult r = dtest({"--tx", kPy2, "-v", "tests/test_outcomes.py::test_env_worker"}, p);
   EXPECT_EQ(r.exit_code, 0) << describe(r);
-  EXPECT_EQ(outcomes(r.out), (std::map<std::string, std::string>{{"tests/test_outcomes.py::test_env_worker", "passed"}}))
+  EXPECT_EQ(outcomes(r.out),
+            (std::map<std::string, std::string>{{"tests/test_outcomes.py::test_env_worker", "passed"}}))
       << r.out;
 
   // Each test writes what it saw to worker_log/<n>.txt.
@@ -645,6 +651,21 @@ args = ["tests/test_more.py"]
   EXPECT_FALSE(fs::exists(p + "/.dtest")) << "a run was recorded";
 }
 
+// A [[suite]]'s env reaches its tests, whatever the kind.
+TEST_F(Frameworks, SuiteEnvReachesTheTests) {
+  const std::string build = build_cmake_project("ctest_project");
+  const std::string p = project("command_suite");
+  write_file(p + "/dtest.toml",
+             "[[suite]]\nkind = \"ctest\"\nbuild_dir = \"" + build +
+                 "\"\nenv = { DTEST_FX_INHERITED = \"base\", DTEST_FX_UNSET_ME = \"present\" }\n\n"
+                 "[[suite]]\nkind = \"command\"\nname = \"env\"\nlist = \"echo greeting\"\n"
+                 "run = 'test \"$FX_GREETING\" = \"hello there\"'\nenv = { FX_GREETING = \"hello there\" }\n");
+  const ProcResult r = dtest({"-v"}, p);  // the variables are not in dtest's environment
+  const auto got = outcomes(r.out);
+  EXPECT_EQ(got.count("environment") ? got.at("environment") : "(not reported)", "passed") << r.out;
+  EXPECT_EQ(got.count("env::greeting") ? got.at("env::greeting") : "(not reported)", "passed") << r.out;
+}
+
 // ===========================================================================
 // 6. What the working directory looks like
 // ===========================================================================
@@ -760,7 +781,7 @@ name = "junit"
 list = "./list.sh"
 run = "./run_junit.sh {ids}"
 format = "junit"
-result_file = "results/report.xml"
+result_file = "results/report-{worker}.xml"
 )" + extra;
 }
 
@@ -829,7 +850,8 @@ TEST_F(Frameworks, DistEachKeepsEachPlatformsCollection) {
   }
   const std::string t = "tests/test_platform.py::";
   const std::map<std::string, std::map<std::string, std::string>> want = {
-      {"gw0", {{t + "test_common", "passed"}, {t + "test_flavour[plain]", "passed"}, {t + "test_flavour[extra]", "passed"}}},
+      {"gw0",
+       {{t + "test_common", "passed"}, {t + "test_flavour[plain]", "passed"}, {t + "test_flavour[extra]", "passed"}}},
       {"gw1", {{t + "test_common", "passed"}, {t + "test_flavour[plain]", "passed"}}}};
   EXPECT_EQ(by_gateway, want) << r.out;
 }
