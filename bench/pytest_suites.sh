@@ -118,7 +118,8 @@ cp "$WORK/sleepy_durations.json" "$RESULTS/"
 # --- b. time them ---------------------------------------------------------------
 q() { printf '%q' "$1"; }
 PYTEST="$(q "$PYTHON") -m pytest -q -p no:cacheprovider"
-DTEST_CMD="$(q "$DTEST") -q --tx 2*popen//python=$(q "$PYTHON")"
+DTEST_ARGV=("$DTEST" -q --tx "2*popen//python=$PYTHON")
+DTEST_CMD="$(q "$DTEST") -q --tx $(q "2*popen//python=$PYTHON")"
 
 # bench NAME RUNS: one hyperfine invocation for the four commands, run in the
 # suite's folder.
@@ -131,7 +132,7 @@ bench() {
   if [[ $SKIP_DTEST != 1 ]]; then
     # The history: .dtest/ and the cache after two recorded runs.
     log "$name: two recorded dtest runs for the history"
-    (cd "$dir" && rm -rf .dtest "$DTEST_CACHE_DIR" && $DTEST_CMD >/dev/null && $DTEST_CMD >/dev/null)
+    (cd "$dir" && rm -rf .dtest "$DTEST_CACHE_DIR" && "${DTEST_ARGV[@]}" >/dev/null && "${DTEST_ARGV[@]}" >/dev/null)
     rm -rf "$WORK/history-$name" && mkdir -p "$WORK/history-$name"
     cp -r "$dir/.dtest" "$WORK/history-$name/dtest"
     cp -r "$DTEST_CACHE_DIR" "$WORK/history-$name/cache"
@@ -148,7 +149,7 @@ bench() {
     # One traced run (with history) to see where dtest's time goes.
     (cd "$dir" && rm -rf .dtest "$DTEST_CACHE_DIR" && cp -r "$WORK/history-$name/dtest" .dtest &&
       cp -r "$WORK/history-$name/cache" "$DTEST_CACHE_DIR" &&
-      DTEST_DEBUG=1 $DTEST_CMD >/dev/null 2>"$RESULTS/trace-$name.txt")
+      DTEST_DEBUG=1 "${DTEST_ARGV[@]}" >/dev/null 2>"$RESULTS/trace-$name.txt")
   fi
 }
 

@@ -178,6 +178,7 @@ struct UnitState {
   // RUN_SERIAL tests: each runs alone, once nothing else is queued or in
   // flight in the unit.
   std::deque<int> serial_queue;
+  std::map<int, int> serial_attempts;  // batches that ended before reaching it
 };
 
 struct InFlight {
@@ -186,6 +187,7 @@ struct InFlight {
   std::int64_t sched_batch = 0;
   std::vector<int> tests;  // test indices, in the order sent (the wire's batch index)
   bool retry = false;        // a --retries batch (not the scheduler's: sched_batch 0)
+  bool serial = false;       // a RUN_SERIAL test's batch of one (sent as a retry batch)
   bool failed_test = false;  // some test of it failed, crashed or timed out
   std::vector<char> got;     // per batch index: a result came in
 };
@@ -1230,7 +1232,7 @@ void Session::Impl::dispatch() {
       if (busy) continue;
       us.retry_queue.push_back(us.serial_queue.front());
       us.serial_queue.pop_front();
-      dispatch_retry(static_cast<int>(i));
+      if (dispatch_retry(static_cast<int>(i))) inflight[s.batch].serial = true;
       continue;
     }
     InFlight f;
@@ -1323,6 +1325,13 @@ void Session::Impl::on_batch_done(int i, const Message& m) {
   std::vector<int> give_up;
   if (f.sched_batch) {
     give_up = us.sched->batch_done(f.sched_batch, m.body.value("seconds", -1.0), m.body.value("startup", -1.0));
+  } else if (f.serial && !f.got[0] && !units[static_cast<std::size_t>(f.unit)].results[static_cast<std::size_t>(f.tests[0])] &&
+             us.last_failure[static_cast<std::size_t>(f.tests[0])] == std::nullopt) {
+    // A RUN_SERIAL test its process never reached: as for the scheduler's
+    // tests, it is tried again (alone, later) up to kMaxAttempts times.
+    const int t = f.tests[0];
+    if (++us.serial_attempts[t] >= Scheduler::kMaxAttempts) give_up.push_back(t);
+    else us.serial_queue.push_front(t);
   } else {
     // A retry batch: what it did not reach waits for a retry again. When it
     // reached nothing, its first test is charged a retry (so a process that

@@ -45,6 +45,7 @@
 
 #include "support/subprocess.h"
 #include "support/text.h"
+#include "support/verbose.h"
 
 namespace {
 
@@ -67,6 +68,10 @@ using dtest::testing::read_file;
 using dtest::testing::ProcResult;
 using dtest::testing::run_process;
 using dtest::testing::RunOptions;
+// -v lines (tests/support/verbose.h): "[gw0] [ 50%] PASSED path::Suite.Name (unit) - message".
+using dtest::testing::by_id;
+using dtest::testing::parse_verbose;
+using dtest::testing::split_lines;
 
 // Runs dtest; a hang (hard timeout) fails the calling test.
 ProcResult dtest(const std::vector<std::string>& args, RunOptions opts = {}) {
@@ -88,58 +93,11 @@ ProcResult dtest(const std::vector<std::string>& args, RunOptions opts = {}) {
 // Text helpers
 // ---------------------------------------------------------------------------
 
-std::vector<std::string> split_lines(const std::string& s) {
-  std::vector<std::string> v;
-  std::string cur;
-  std::istringstream in(s);
-  while (std::getline(in, cur)) v.push_back(cur);
-  return v;
-}
-
 std::string last_nonempty_line(const std::string& s) {
   const auto lines = split_lines(s);
   for (auto it = lines.rbegin(); it != lines.rend(); ++it)
     if (!it->empty()) return *it;
   return "";
-}
-
-// One `-v` line: "[gw0] [ 50%] PASSED path::Suite.Name (unit) - message";
-// tests that never reached a worker (disabled) have no "[gw0] " tag.
-struct VLine {
-  std::string worker, outcome, id, unit, message;
-  // Which gateway's table the result belongs to: the unit name under
-  // --dist each (shown only when it differs from the worker), else the worker.
-  std::string where() const { return unit.empty() ? worker : unit; }
-};
-
-std::vector<VLine> parse_verbose(const std::string& out) {
-  static const std::regex re(
-      R"(^(?:\[([^\]]*)\] )?\[ *\d+%\] (PASSED|FAILED|SKIPPED|XFAILED|CRASHED|TIMEOUT|NOT RUN) (\S+)(?: \(([^)]*)\))?(?: - (.*))?$)");
-  std::vector<VLine> v;
-  for (const auto& l : split_lines(out)) {
-    std::smatch m;
-    if (!std::regex_match(l, m, re)) continue;
-    VLine x;
-    x.worker = m[1];
-    x.outcome = m[2];
-    std::transform(x.outcome.begin(), x.outcome.end(), x.outcome.begin(),
-                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    x.id = m[3];
-    x.unit = m[4];
-    x.message = m[5];
-    v.push_back(std::move(x));
-  }
-  return v;
-}
-
-// id -> outcome; fails the test if an id shows up twice.
-std::map<std::string, VLine> by_id(const std::vector<VLine>& v) {
-  std::map<std::string, VLine> m;
-  for (const auto& x : v) {
-    const bool fresh = m.emplace(x.id, x).second;
-    EXPECT_TRUE(fresh) << "test reported twice: " << x.id;
-  }
-  return m;
 }
 
 // A "____ path::Suite.Name [unit] ____" title rule of the FAILURES section

@@ -29,17 +29,25 @@
 
 #include <pugixml.hpp>
 
+#include "support/files.h"
 #include "support/subprocess.h"
 #include "support/text.h"
+#include "support/verbose.h"
 
 namespace {
 
 namespace fs = std::filesystem;
+using dtest::testing::by_id;
 using dtest::testing::contains;
+using dtest::testing::copy_tree;
 using dtest::testing::describe;
+using dtest::testing::outcomes;
+using dtest::testing::parse_verbose;
 using dtest::testing::ProcResult;
 using dtest::testing::read_file;
 using dtest::testing::RunOptions;
+using dtest::testing::split_lines;
+using dtest::testing::write_file;
 
 const std::string kDtest = DTEST_BIN;
 const std::string kAgent = DTEST_AGENT_BIN;
@@ -67,55 +75,8 @@ bool have_pytest() {
   if (!have_pytest()) GTEST_SKIP() << "no pytest in " << kPython << " (Debian's python3-pytest)"
 
 // ---------------------------------------------------------------------------
-// Reading dtest's -v output
+// Reading dtest's -v output (tests/support/verbose.h)
 // ---------------------------------------------------------------------------
-
-std::vector<std::string> split_lines(const std::string& s) {
-  std::vector<std::string> v;
-  std::istringstream in(s);
-  for (std::string l; std::getline(in, l);) v.push_back(l);
-  return v;
-}
-
-// One `-v` line: "[gw0] [ 50%] PASSED tests/t.py::test_x[a b] (unit) - message".
-// Ids may hold spaces (pytest parameters); none of the fixtures' has " - ".
-struct VLine {
-  std::string worker, outcome, id, unit, message;
-};
-
-std::vector<VLine> verbose_lines(const std::string& out) {
-  static const std::regex re(
-      R"(^(?:\[(gw\d+)\] )?\[ *\d+%\] (PASSED|FAILED|SKIPPED|XFAILED|CRASHED|TIMEOUT|NOT RUN|FLAKY) (.+?)(?: \((gw\d+)\))?(?: - (.*))?$)");
-  std::vector<VLine> v;
-  for (const auto& l : split_lines(out)) {
-    std::smatch m;
-    if (!std::regex_match(l, m, re)) continue;
-    VLine x;
-    x.worker = m[1];
-    x.outcome = m[2];
-    std::transform(x.outcome.begin(), x.outcome.end(), x.outcome.begin(),
-                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    x.id = m[3];
-    x.unit = m[4];
-    x.message = m[5];
-    v.push_back(std::move(x));
-  }
-  return v;
-}
-
-// id -> line; a test reported twice fails the calling test.
-std::map<std::string, VLine> by_id(const std::vector<VLine>& lines) {
-  std::map<std::string, VLine> m;
-  for (const auto& l : lines) EXPECT_TRUE(m.emplace(l.id, l).second) << "reported twice: " << l.id;
-  return m;
-}
-
-// id -> outcome ("passed", "not run", ...).
-std::map<std::string, std::string> outcomes(const std::string& out) {
-  std::map<std::string, std::string> m;
-  for (const auto& [id, l] : by_id(verbose_lines(out))) m[id] = l.outcome;
-  return m;
-}
 
 template <class K, class V>
 std::set<K> keys(const std::map<K, V>& m) {
@@ -227,23 +188,6 @@ JKey pytest_junit_key(const std::string& nodeid) {
 // The fixture: a temp dir, copies of fixtures, the tools
 // ---------------------------------------------------------------------------
 
-// Copies a fixture tree, leaving out caches a developer's pytest run left.
-void copy_tree(const fs::path& from, const fs::path& to) {
-  fs::create_directories(to);
-  for (const auto& e : fs::directory_iterator(from)) {
-    const std::string name = e.path().filename().string();
-    if (name == ".pytest_cache" || name == "__pycache__" || name == ".dtest") continue;
-    if (e.is_directory()) copy_tree(e.path(), to / name);
-    else fs::copy(e.path(), to / name, fs::copy_options::copy_symlinks);
-  }
-}
-
-void write_file(const std::string& path, const std::string& text) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f << text;
-  ASSERT_TRUE(f.flush()) << path;
-}
-
 // Processes whose working directory is under `dir`.
 std::vector<std::string> processes_in(const std::string& dir) {
   std::vector<std::string> found;
@@ -264,14 +208,10 @@ std::vector<std::string> processes_in(const std::string& dir) {
 class Frameworks : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/dtest-fw-e2e-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    tmp_ = tmpl;
+    tmp_ = dtest::testing::make_temp_dir("dtest-fw-e2e");
+    ASSERT_FALSE(tmp_.empty());
   }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(tmp_, ec);
-  }
+  void TearDown() override { dtest::testing::remove_tree(tmp_); }
 
   // A copy of tests/fixtures/NAME in the temp dir.
   std::string project(const std::string& name, const std::string& as = "") {
@@ -394,7 +334,7 @@ TEST_F(PytestVsDtest, EveryTestHasPytestsOutcome) {
     EXPECT_TRUE(want.emplace(JKey{c.classname, c.name}, pytest_outcome(c)).second) << c.classname << " " << c.name;
   ASSERT_EQ(want.size(), 20u) << read_file(p.dir + "/direct.xml");
 
-  const auto lines = by_id(verbose_lines(p.dtest.out));
+  const auto lines = by_id(parse_verbose(p.dtest.out));
   std::map<JKey, std::string> got;
   for (const auto& [id, l] : lines) {
     EXPECT_TRUE(got.emplace(pytest_junit_key(id), l.outcome).second) << id;
@@ -480,7 +420,7 @@ TEST_F(Frameworks, LoadfileKeepsEachPytestFileOnOneWorker) {
   const ProcResult r =
       dtest({"--tx", kPy2, "-v", "--dist", "loadfile", "tests/test_outcomes.py", "tests/test_more.py"}, p);
   EXPECT_EQ(r.exit_code, 1) << describe(r);
-  const auto lines = by_id(verbose_lines(r.out));
+  const auto lines = by_id(parse_verbose(r.out));
   EXPECT_EQ(lines.size(), 20u) << r.out;
   std::map<std::string, std::set<std::string>> workers;  // file -> workers
   for (const auto& [id, l] : lines) workers[id.substr(0, id.find("::"))].insert(l.worker);
@@ -493,7 +433,7 @@ TEST_F(Frameworks, LoadgroupKeepsXdistGroupsOnOneWorker) {
   const std::string p = project("pytest_project");
   ProcResult r = dtest({"--tx", kPy2, "-v", "--dist", "loadgroup", "tests/test_outcomes.py", "tests/test_more.py"}, p);
   EXPECT_EQ(r.exit_code, 1) << describe(r);
-  auto lines = by_id(verbose_lines(r.out));
+  auto lines = by_id(parse_verbose(r.out));
   ASSERT_TRUE(lines.count("tests/test_more.py::test_db_1") && lines.count("tests/test_more.py::test_db_2")) << r.out;
   EXPECT_EQ(lines.at("tests/test_more.py::test_db_1").worker, lines.at("tests/test_more.py::test_db_2").worker)
       << r.out;
@@ -503,7 +443,7 @@ TEST_F(Frameworks, LoadgroupKeepsXdistGroupsOnOneWorker) {
   const std::string p2 = project("pytest_project2");
   r = dtest({"--tx", kPy2, "-v", "--dist", "loadgroup", "--group", R"(::test_free\[)", "tests/test_groups.py"}, p2);
   EXPECT_EQ(r.exit_code, 0) << describe(r);
-  lines = by_id(verbose_lines(r.out));
+  lines = by_id(parse_verbose(r.out));
   EXPECT_EQ(lines.size(), 18u) << r.out;
   std::map<std::string, std::set<std::string>> workers;  // test function -> workers
   for (const auto& [id, l] : lines) {
@@ -531,7 +471,7 @@ TEST_F(Frameworks, XdistVariablesNameTheWorkerThatRanTheTest) {
   const std::string p2 = project("pytest_project2");
   r = dtest({"--tx", kPy2, "-v", "tests/test_workers.py"}, p2);
   EXPECT_EQ(r.exit_code, 0) << describe(r);
-  const auto lines = by_id(verbose_lines(r.out));
+  const auto lines = by_id(parse_verbose(r.out));
   EXPECT_EQ(lines.size(), 8u) << r.out;
   for (int n = 0; n < 8; ++n) {
     const std::string id = "tests/test_workers.py::test_records_worker[" + std::to_string(n) + "]";
@@ -647,7 +587,7 @@ args = ["tests/test_more.py"]
   EXPECT_TRUE(contains(r.err, "dtest.toml:2: unknown key 'colour'")) << r.err;
   EXPECT_TRUE(std::regex_search(r.err, std::regex(R"(dtest\.toml:3: .*sideways)"))) << r.err;
   EXPECT_FALSE(contains(r.out, "test session starts")) << r.out;
-  EXPECT_TRUE(verbose_lines(r.out).empty()) << r.out;
+  EXPECT_TRUE(parse_verbose(r.out).empty()) << r.out;
   EXPECT_FALSE(fs::exists(p + "/.dtest")) << "a run was recorded";
 }
 
@@ -794,7 +734,7 @@ TEST_F(Frameworks, CommandSuiteWithAJunitResultFile) {
   write_file(p + "/dtest.toml", junit_suite_toml());
   const ProcResult r = dtest({"-v"}, p);
   EXPECT_EQ(r.exit_code, 1) << describe(r);
-  const auto lines = by_id(verbose_lines(r.out));
+  const auto lines = by_id(parse_verbose(r.out));
   std::map<std::string, std::string> got;
   for (const auto& [id, l] : lines) got[id] = l.outcome;
   EXPECT_EQ(got, kJunitSuiteOutcomes) << r.out;
@@ -816,7 +756,7 @@ TEST_F(Frameworks, CommandSuiteJunitResultFileWithTwoWorkers) {
   const ProcResult r = dtest({"-n", "2", "-v"}, p);
   EXPECT_EQ(r.exit_code, 1) << describe(r);
   std::set<std::string> workers;
-  for (const auto& l : verbose_lines(r.out)) workers.insert(l.worker);
+  for (const auto& l : parse_verbose(r.out)) workers.insert(l.worker);
   EXPECT_EQ(outcomes(r.out), kJunitSuiteOutcomes) << r.out << "\nworkers: " << ::testing::PrintToString(workers);
 }
 
@@ -833,7 +773,7 @@ TEST_F(Frameworks, DifferentCollectionsStopTheRun) {
   EXPECT_EQ(r.exit_code, 2) << describe(r);
   EXPECT_TRUE(contains(r.out + r.err, "Different tests were collected")) << describe(r);
   EXPECT_TRUE(contains(r.out + r.err, "tests/test_platform.py::test_flavour[extra]")) << describe(r);
-  EXPECT_TRUE(verbose_lines(r.out).empty()) << r.out;
+  EXPECT_TRUE(parse_verbose(r.out).empty()) << r.out;
 }
 
 TEST_F(Frameworks, DistEachKeepsEachPlatformsCollection) {
@@ -844,7 +784,7 @@ TEST_F(Frameworks, DistEachKeepsEachPlatformsCollection) {
                              p);
   EXPECT_EQ(r.exit_code, 0) << describe(r);
   std::map<std::string, std::map<std::string, std::string>> by_gateway;
-  for (const auto& l : verbose_lines(r.out)) {
+  for (const auto& l : parse_verbose(r.out)) {
     const std::string where = l.unit.empty() ? l.worker : l.unit;
     EXPECT_TRUE(by_gateway[where].emplace(l.id, l.outcome).second) << where << " ran " << l.id << " twice";
   }
@@ -867,7 +807,7 @@ TEST_F(Frameworks, PytestCollectionErrorStopsTheRun) {
   EXPECT_EQ(r.exit_code, 2) << describe(r);
   EXPECT_TRUE(contains(r.out + r.err, "broken/test_syntax_error.py")) << describe(r);
   EXPECT_TRUE(contains(r.out + r.err, "SyntaxError")) << describe(r);
-  EXPECT_TRUE(verbose_lines(r.out).empty()) << r.out;
+  EXPECT_TRUE(parse_verbose(r.out).empty()) << r.out;
 }
 
 TEST_F(Frameworks, ContinueOnCollectionErrorsRunsTheRest) {

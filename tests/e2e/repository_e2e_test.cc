@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "support/files.h"
 #include "support/subprocess.h"
 #include "support/text.h"
 
@@ -52,14 +53,10 @@ std::set<std::string> lines(const std::string& s) {
 class Repo : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/dtest-repo-e2e-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    tmp_ = tmpl;
+    tmp_ = dtest::testing::make_temp_dir("dtest-repo-e2e");
+    ASSERT_FALSE(tmp_.empty());
   }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(tmp_, ec);
-  }
+  void TearDown() override { dtest::testing::remove_tree(tmp_); }
   ProcResult dtest(const std::vector<std::string>& args) {
     dtest::testing::RunOptions o;
     o.cwd = tmp_;

@@ -26,18 +26,24 @@
 #include <string>
 #include <vector>
 
+#include "support/files.h"
 #include "support/sshd.h"
 #include "support/subprocess.h"
 #include "support/text.h"
+#include "support/verbose.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 using dtest::testing::contains;
+using dtest::testing::copy_tree;
 using dtest::testing::describe;
+using dtest::testing::holders;
+using dtest::testing::outcomes;  // id -> outcome of the -v lines ("passed", ...)
 using dtest::testing::ProcResult;
 using dtest::testing::read_file;
 using dtest::testing::RunOptions;
+using dtest::testing::write_file;
 
 const std::string kDtest = DTEST_BIN;
 const std::string kAgent = DTEST_AGENT_BIN;
@@ -61,37 +67,6 @@ bool have_pytest() {
 #define REQUIRE_PYTEST() \
   if (!have_pytest()) GTEST_SKIP() << "no pytest in " << kPython << " (Debian's python3-pytest)"
 
-// id -> outcome from `-v` lines ("[gw0] [ 50%] PASSED tests/t.py::test_x[a b] - msg");
-// ids may hold spaces.
-std::map<std::string, std::string> outcomes(const std::string& out) {
-  static const std::regex re(
-      R"(^(?:\[gw\d+\] )?\[ *\d+%\] (PASSED|FAILED|SKIPPED|XFAILED|CRASHED|TIMEOUT|NOT RUN|FLAKY) (.+?)(?: - .*)?$)");
-  std::map<std::string, std::string> m;
-  std::istringstream in(out);
-  for (std::string l; std::getline(in, l);) {
-    std::smatch sm;
-    if (!std::regex_match(l, sm, re)) continue;
-    EXPECT_TRUE(m.emplace(sm[2], sm[1]).second) << "reported twice: " << sm[2];
-  }
-  return m;
-}
-
-void copy_tree(const fs::path& from, const fs::path& to) {
-  fs::create_directories(to);
-  for (const auto& e : fs::directory_iterator(from)) {
-    const std::string name = e.path().filename().string();
-    if (name == ".pytest_cache" || name == "__pycache__" || name == ".dtest") continue;
-    if (e.is_directory()) copy_tree(e.path(), to / name);
-    else fs::copy(e.path(), to / name, fs::copy_options::copy_symlinks);
-  }
-}
-
-void write_file(const std::string& path, const std::string& text) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f << text;
-  ASSERT_TRUE(f.flush()) << path;
-}
-
 // Every file named `name` under `root`.
 std::vector<std::string> find_named(const std::string& root, const std::string& name) {
   std::vector<std::string> found;
@@ -101,20 +76,6 @@ std::vector<std::string> find_named(const std::string& root, const std::string& 
     if (it->path().filename() == name) found.push_back(it->path().string());
   std::sort(found.begin(), found.end());
   return found;
-}
-
-// The pids of warm-connection holders whose control directory is under `under`.
-std::vector<pid_t> holders(const std::string& under) {
-  std::vector<pid_t> pids;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator("/proc", ec)) {
-    const std::string n = e.path().filename().string();
-    if (n.empty() || !std::all_of(n.begin(), n.end(), ::isdigit)) continue;
-    std::string cmd = read_file(e.path().string() + "/cmdline");
-    std::replace(cmd.begin(), cmd.end(), '\0', ' ');
-    if (contains(cmd, " __ssh-holder ") && contains(cmd, under + "/")) pids.push_back(std::stoi(n));
-  }
-  return pids;
 }
 
 // ---------------------------------------------------------------------------
@@ -307,9 +268,9 @@ TEST_F(FrameworksSsh, CtestBuildTreeRunsFromTheRemoteCopy) {
   const std::string build = build_cmake_project("ctest_remote");
   const ProcResult r = dtest({"-v", "--tx", ssh_tx(1), "--rsyncdir", build, build}, work_);
   EXPECT_EQ(r.exit_code, 1) << describe(r);
-  const std::map<std::string, std::string> want = {{"tool_in_tree", "PASSED"}, {"default_directory", "PASSED"},
-                                                   {"working_directory", "PASSED"}, {"passes", "PASSED"},
-                                                   {"fails", "FAILED"},         {"skips", "SKIPPED"}};
+  const std::map<std::string, std::string> want = {{"tool_in_tree", "passed"}, {"default_directory", "passed"},
+                                                   {"working_directory", "passed"}, {"passes", "passed"},
+                                                   {"fails", "failed"},         {"skips", "skipped"}};
   EXPECT_EQ(outcomes(r.out), want) << r.out;
   for (const std::string marker : {"ran_tool.txt", "ran_default.txt", "ran_wd.txt"}) {
     EXPECT_TRUE(local_markers(marker).empty())
@@ -352,11 +313,11 @@ run = "pwd > ran_here.txt"
   EXPECT_EQ(local.exit_code, 1) << describe(local);
   const auto want = outcomes(local.out);
   const std::map<std::string, std::string> expected = {
-      {"tap::pass_one", "PASSED"},           {"tap::pass_two", "PASSED"},
-      {"tap::fails", "FAILED"},              {"tap::skips", "SKIPPED"},
-      {"files::cases/pass_one.sh", "PASSED"}, {"files::cases/pass_two.sh", "PASSED"},
-      {"files::cases/fails.sh", "FAILED"},   {"files::cases/skips.sh", "SKIPPED"},
-      {"where::here", "PASSED"}};
+      {"tap::pass_one", "passed"},           {"tap::pass_two", "passed"},
+      {"tap::fails", "failed"},              {"tap::skips", "skipped"},
+      {"files::cases/pass_one.sh", "passed"}, {"files::cases/pass_two.sh", "passed"},
+      {"files::cases/fails.sh", "failed"},   {"files::cases/skips.sh", "skipped"},
+      {"where::here", "passed"}};
   EXPECT_EQ(want, expected) << local.out;
   remove_markers("ran_here.txt");
 

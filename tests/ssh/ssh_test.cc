@@ -38,8 +38,10 @@
 #include <vector>
 
 #include "gateway/gateway.h"
+#include "support/sshd.h"
 #include "support/subprocess.h"
 #include "support/text.h"
+#include "support/verbose.h"
 #include "gateway/ssh_gateway.h"
 #include "gateway/ssh_internal.h"
 
@@ -63,6 +65,8 @@ const std::string kSleep = kFixtures + "/fx_sleep_test";
 
 using dtest::testing::contains;
 using dtest::testing::describe;
+using dtest::testing::holders;
+using dtest::testing::local_user;
 using dtest::testing::read_file;
 using dtest::testing::ProcResult;
 
@@ -80,38 +84,12 @@ ProcResult run_process(const std::vector<std::string>& argv, const std::map<std:
   return dtest::testing::run_process(argv, o);
 }
 
-std::string local_user() {
-  const passwd* pw = ::getpwuid(::getuid());
-  return pw ? pw->pw_name : "root";
-}
-
-// id -> outcome from `-v` lines ("[gw0] [ 50%] PASSED path::Suite.Name").
+// id -> outcome ("passed", ...) from `-v` lines (tests/support/verbose.h); an
+// id reported twice keeps its last.
 std::map<std::string, std::string> outcomes(const std::string& out) {
-  static const std::regex re(
-      R"(^(?:\[[^\]]*\] )?\[ *\d+%\] (PASSED|FAILED|SKIPPED|XFAILED|CRASHED|TIMEOUT|NOT RUN) (\S+).*$)");
   std::map<std::string, std::string> m;
-  std::istringstream in(out);
-  std::string l;
-  while (std::getline(in, l)) {
-    std::smatch sm;
-    if (std::regex_match(l, sm, re)) m[sm[2]] = sm[1];
-  }
+  for (const auto& l : dtest::testing::parse_verbose(out)) m[l.id] = l.outcome;
   return m;
-}
-
-// The pids of warm-connection holders whose control directory is under
-// `under` (their command line names it).
-std::vector<pid_t> holders(const std::string& under) {
-  std::vector<pid_t> pids;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator("/proc", ec)) {
-    const std::string n = e.path().filename().string();
-    if (n.empty() || !std::all_of(n.begin(), n.end(), ::isdigit)) continue;
-    std::string cmd = read_file(e.path().string() + "/cmdline");
-    std::replace(cmd.begin(), cmd.end(), '\0', ' ');
-    if (contains(cmd, " __ssh-holder ") && contains(cmd, under + "/")) pids.push_back(std::stoi(n));
-  }
-  return pids;
 }
 
 // Waits (up to `seconds`) until no holder under `under` runs.
@@ -441,16 +419,7 @@ std::size_t count_of(const std::string& text, const std::string& needle) {
 }
 
 // The number of `-v` outcome lines (an id reported twice counts twice).
-std::size_t outcome_lines(const std::string& out) {
-  static const std::regex re(
-      R"(^(?:\[[^\]]*\] )?\[ *\d+%\] (PASSED|FAILED|SKIPPED|XFAILED|CRASHED|TIMEOUT|NOT RUN) (\S+).*$)");
-  std::size_t n = 0;
-  std::istringstream in(out);
-  std::string l;
-  while (std::getline(in, l))
-    if (std::regex_match(l, re)) ++n;
-  return n;
-}
+std::size_t outcome_lines(const std::string& out) { return dtest::testing::parse_verbose(out).size(); }
 
 // sshd (LogLevel VERBOSE) logs "Connection from" per TCP connection and
 // "Accepted publickey" per authentication. The tests run one at a time, so
@@ -478,7 +447,7 @@ TEST_F(Ssh, ManyGatewaysShareOneConnection) {
   const auto o = outcomes(r.out);
   EXPECT_GT(o.size(), 30u) << describe(r);
   EXPECT_EQ(outcome_lines(r.out), o.size()) << "a test with more than one outcome\n" << describe(r);
-  for (const auto& [id, outcome] : o) EXPECT_TRUE(outcome == "PASSED" || outcome == "SKIPPED") << id << " " << outcome;
+  for (const auto& [id, outcome] : o) EXPECT_TRUE(outcome == "passed" || outcome == "skipped") << id << " " << outcome;
 }
 
 TEST_F(Ssh, GatewaysWithOtherKeysShareTheConnection) {

@@ -3,6 +3,8 @@
 #include <pwd.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -64,6 +66,19 @@ void Sshd::stop() {
 std::string Sshd::ssh_value() const {
   return "-F " + dir + "/empty_ssh_config -i " + dir + "/id_ed25519 -o UserKnownHostsFile=" + dir +
          "/known_hosts " + local_user() + "@127.0.0.1:" + std::to_string(port);
+}
+
+std::vector<pid_t> holders(const std::string& under) {
+  std::vector<pid_t> pids;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.empty() || !std::all_of(n.begin(), n.end(), ::isdigit)) continue;
+    std::string cmd = read_file(e.path().string() + "/cmdline");
+    std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+    if (contains(cmd, " __ssh-holder ") && contains(cmd, under + "/")) pids.push_back(std::stoi(n));
+  }
+  return pids;
 }
 
 std::string Sshd::log() const { return read_file(dir + "/sshd.log"); }

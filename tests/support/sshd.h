@@ -3,7 +3,10 @@
 // file, remote sessions with HOME=DIR/remote-home).
 #pragma once
 
+#include <sys/types.h>
+
 #include <string>
+#include <vector>
 
 namespace dtest::testing {
 
@@ -27,5 +30,9 @@ class Sshd {
 };
 
 std::string local_user();
+
+// The pids of dtest's warm-connection holders (`dtest __ssh-holder`) whose
+// control directory is under `under` (their command line names it).
+std::vector<pid_t> holders(const std::string& under);
 
 }  // namespace dtest::testing

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "support/files.h"
 #include "support/sshd.h"
 #include "support/subprocess.h"
 #include "support/text.h"
@@ -73,17 +74,13 @@ int count(const std::string& hay, const std::string& needle) {
 class SyncE2E : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/dtest-synce2e-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    tmp_ = tmpl;
+    tmp_ = dtest::testing::make_temp_dir("dtest-synce2e");
+    ASSERT_FALSE(tmp_.empty());
     src_ = tmp_ / "src";
     remote_ = tmp_ / "remote";
     fs::create_directories(src_);
   }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(tmp_, ec);
-  }
+  void TearDown() override { dtest::testing::remove_tree(tmp_); }
 
   ProcResult dtest(const std::vector<std::string>& args, std::map<std::string, std::string> env = {}) {
     dtest::testing::RunOptions o;
