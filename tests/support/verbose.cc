@@ -2,10 +2,6 @@
 
 #include <gtest/gtest.h>
 
-#include <unistd.h>
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>  // TEMP-DUMP
 #include <algorithm>
 #include <cctype>
 #include <regex>
@@ -22,10 +18,6 @@ std::vector<std::string> split_lines(const std::string& s) {
 }
 
 std::vector<VLine> parse_verbose(const std::string& out) {
-  if (const char* d = std::getenv("DTEST_VERBOSE_DUMP")) {  // TEMP-DUMP
-    static int n = 0;  // TEMP-DUMP
-    std::ofstream(std::string(d) + "/" + std::filesystem::read_symlink("/proc/self/exe").filename().string() + "." + std::to_string(::getpid()) + "." + std::to_string(n++)) << out;  // TEMP-DUMP
-  }  // TEMP-DUMP
   static const std::regex re(
       R"(^(?:\[(gw\d+)\] )?\[ *\d+%\] (PASSED|FAILED|SKIPPED|XFAILED|CRASHED|TIMEOUT|NOT RUN|FLAKY) (.+?)(?: \((gw\d+)\))?(?: - (.*))?$)");
   std::vector<VLine> v;
