@@ -203,68 +203,6 @@ std::string Source::key() const {
   return k;
 }
 
-nlohmann::json collect(const Source& src, double timeout_s) {
-  const std::string where = src.cwd.empty() ? "." : src.cwd;
-  nlohmann::json entry = {{"path", where}};
-  Pipes p;
-  Child c;
-  try {
-    c = start_pytest(src, "collect", {}, p);
-  } catch (const std::exception& e) {
-    for (int fd : {p.cmd_r, p.cmd_w, p.ev_r, p.ev_w})
-      if (fd >= 0) ::close(fd);
-    entry["error"] = std::string("pytest in ") + where + ": " + e.what();
-    return entry;
-  }
-  ::close(p.cmd_w);  // collect mode reads no commands
-  std::string events, out;
-  int fds[2] = {p.ev_r, c.out_fd};
-  std::string* sinks[2] = {&events, &out};
-  const auto deadline = RunClock::now() + std::chrono::duration<double>(timeout_s);
-  bool timed_out = false;
-  char buf[65536];
-  while (fds[0] >= 0 || fds[1] >= 0) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - RunClock::now()).count();
-    if (left <= 0) {
-      timed_out = true;
-      break;
-    }
-    pollfd pf[2];
-    int idx[2], n = 0;
-    for (int i = 0; i < 2; ++i)
-      if (fds[i] >= 0) pf[n] = {fds[i], POLLIN, 0}, idx[n++] = i;
-    if (::poll(pf, static_cast<nfds_t>(n), static_cast<int>(left)) < 0 && errno != EINTR) break;
-    for (int k = 0; k < n; ++k) {
-      if (!pf[k].revents) continue;
-      const ssize_t got = read_some(fds[idx[k]], buf, sizeof buf);
-      if (got == 0) {
-        ::close(fds[idx[k]]);
-        fds[idx[k]] = -1;
-      } else if (got > 0 && sinks[idx[k]]->size() < (256u << 20)) {
-        sinks[idx[k]]->append(buf, static_cast<std::size_t>(got));
-      }
-    }
-  }
-  kill_group(c.pid);
-  for (int fd : fds)
-    if (fd >= 0) ::close(fd);
-  int status = 0;
-  while (::waitpid(c.pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  std::vector<nlohmann::json> evs;
-  events += '\n';
-  split_events(events, evs);
-  const nlohmann::json* listing = nullptr;
-  for (const auto& e : evs)
-    if (e.value("ev", "") == "collected") listing = &e;
-  if (!listing) {
-    entry["error"] = "pytest in " + where + (timed_out ? " did not finish collecting in time" : " failed to collect (" + describe_wait_status(status) + ")") +
-                     "; it printed:\n" + last_bytes(out);
-    return entry;
-  }
-  return entry_from_listing(where, *listing);
-}
-
 // ---------------------------------------------------------------------------
 
 class Worker {

@@ -29,10 +29,6 @@ struct Source {
   std::string key() const;
 };
 
-// Collects with the plugin's collect mode. Returns a `collected` entry:
-// {path, count, names, groups?: [[i, name]], errors?: [text]} or {path, error}.
-nlohmann::json collect(const Source& src, double timeout_s = 300);
-
 class Worker;
 
 // The persistent workers of this agent, by source. Shutdown asks each to
@@ -41,8 +37,9 @@ class WorkerPool {
  public:
   ~WorkerPool();
   // Collects with a worker process that then stays in the pool for this
-  // source's batches (one collection instead of two). Returns the same
-  // entry as collect().
+  // source's batches (one collection instead of two). Returns a `collected`
+  // entry: {path, count, names, groups?: [[i, name]], errors?: [text]} or
+  // {path, error}.
   nlohmann::json collect(const Source& src, const std::map<std::string, std::string>& env, double timeout_s = 300);
   // Starts a worker now (it collects while the master is still collecting
   // elsewhere); the first batch takes it.

@@ -319,12 +319,13 @@ struct SuiteHost::CtestListing {
   std::map<std::string, std::size_t> by_name;
 };
 
-std::shared_ptr<SuiteHost::CtestListing> SuiteHost::ctest_listing(const nlohmann::json& source, std::string& error) {
+std::shared_ptr<SuiteHost::CtestListing> SuiteHost::ctest_listing(const nlohmann::json& source, std::string& error,
+                                                                 bool fresh) {
   const std::string dir = str_field(source, "build_dir", "ctest", true);
   const auto labels = list_field(source, "labels", "ctest");
   std::string key = dir;
   for (const auto& l : labels) key += '\0' + l;
-  if (auto it = ctest_.find(key); it != ctest_.end()) return it->second;
+  if (auto it = ctest_.find(key); it != ctest_.end() && !fresh) return it->second;
   auto tests = ctest::list(dir, labels, error);
   if (!tests) return nullptr;
   // [local root, its copy here (relative to this agent's folder)]: the
@@ -383,19 +384,13 @@ void SuiteHost::warm(const nlohmann::json& sources, const nlohmann::json& env) {
 nlohmann::json SuiteHost::collect(const nlohmann::json& source, const nlohmann::json& env) {
   if (!source.is_object()) throw ProtocolError("collect message: a source is not a map");
   const std::string kind = str_field(source, "kind", "a", true);
-  if (kind == "pytest") {
-    if (env.is_object()) return pytest_.collect(pytest::Source::from_json(source), env_of(env));
-    return pytest::collect(pytest::Source::from_json(source));
-  }
+  if (kind == "pytest") return pytest_.collect(pytest::Source::from_json(source), env_of(env));
   if (kind == "command") return collect_command(CommandSource::from_json(source));
   if (kind == "ctest") {
     std::string error;
     const std::string dir = str_field(source, "build_dir", "ctest", true);
     // A fresh listing at collection time (the build may have changed).
-    std::string key = dir;
-    for (const auto& l : list_field(source, "labels", "ctest")) key += '\0' + l;
-    ctest_.erase(key);
-    auto l = ctest_listing(source, error);
+    auto l = ctest_listing(source, error, true);
     if (!l) return {{"path", dir}, {"error", error}};
     std::vector<std::string> names;
     nlohmann::json disabled = nlohmann::json::array(), serial = nlohmann::json::array();

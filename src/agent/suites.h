@@ -20,8 +20,8 @@ class SuiteHost {
   // A `collected` entry for one source descriptor (kind ctest, pytest or
   // command): {path, count, names, disabled?, groups?, errors?} or
   // {path, error}. Throws ProtocolError for a malformed descriptor.
-  // `env`: the worker's (DTEST_WORKER, ...), when the master sends it: a
-  // pytest source is then collected by the worker that will run it.
+  // `env`: the worker's (DTEST_WORKER, ...): a pytest source is collected
+  // by the worker that will then run it.
   nlohmann::json collect(const nlohmann::json& source, const nlohmann::json& env = {});
   // `warm`: start pytest workers ahead of the first batch.
   void warm(const nlohmann::json& sources, const nlohmann::json& env);
@@ -34,7 +34,8 @@ class SuiteHost {
   pytest::WorkerPool pytest_;
   struct CtestListing;
   std::map<std::string, std::shared_ptr<CtestListing>> ctest_;  // by build dir + labels
-  std::shared_ptr<CtestListing> ctest_listing(const nlohmann::json& source, std::string& error);
+  // The build tree's listing, cached per agent; `fresh`: list it again.
+  std::shared_ptr<CtestListing> ctest_listing(const nlohmann::json& source, std::string& error, bool fresh = false);
 };
 
 // "'a b'" -> a shell word that stands for exactly that string.

@@ -271,6 +271,9 @@ struct Session::Impl {
   void record_run(int exit_code);
   std::string path_for(int slot, std::size_t binary) const;
   std::string map_path(int slot, const std::string& p) const;
+  bool all_gtest() const {
+    return std::all_of(opts.kinds.begin(), opts.kinds.end(), [](const std::string& k) { return k == "gtest"; });
+  }
   const std::string& kind_of(std::size_t source) const {
     static const std::string gtest = "gtest";
     return source < opts.kinds.size() ? opts.kinds[source] : gtest;
@@ -799,9 +802,7 @@ void Session::Impl::ask_collect(CollectGroup& g) {
   for (int i : g.slots) {
     if (slots[static_cast<std::size_t>(i)]->state != SlotState::ready) continue;
     g.asked = i;
-    const bool all_gtest =
-        std::all_of(opts.kinds.begin(), opts.kinds.end(), [](const std::string& k) { return k == "gtest"; });
-    if (all_gtest) {
+    if (all_gtest()) {
       nlohmann::json bins = nlohmann::json::array();
       for (std::size_t b = 0; b < opts.binary_paths.size(); ++b) bins.push_back(path_for(i, b));
       trace("{} collects {}", slots[static_cast<std::size_t>(i)]->info.id, bins.dump());
@@ -1200,8 +1201,7 @@ int Session::Impl::start_run() {
   for (const auto& u : units) total += u.tests.size();
   trace("run set up: {} unit(s), {} tests", units.size(), total);
   reporter.set_total(total);
-  reporter.collected(collected, opts.binaries.size(), units.size(),
-                     std::all_of(opts.kinds.begin(), opts.kinds.end(), [](const std::string& k) { return k == "gtest"; }));
+  reporter.collected(collected, opts.binaries.size(), units.size(), all_gtest());
   if (opts.count > 1)
     reporter.note(fmt::format("--count {}: every test runs {} times ({} results)", opts.count, opts.count, total));
   if (total == 0) return kExitNoTests;
