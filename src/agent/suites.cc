@@ -393,15 +393,18 @@ nlohmann::json SuiteHost::collect(const nlohmann::json& source, const nlohmann::
     auto l = ctest_listing(source, error, true);
     if (!l) return {{"path", dir}, {"error", error}};
     std::vector<std::string> names;
-    nlohmann::json disabled = nlohmann::json::array(), serial = nlohmann::json::array();
+    nlohmann::json disabled = nlohmann::json::array(), serial = nlohmann::json::array(),
+                   weights = nlohmann::json::array();
     for (std::size_t i = 0; i < l->tests.size(); ++i) {
       names.push_back(l->tests[i].name);
       if (l->tests[i].disabled) disabled.push_back(i);
       if (l->tests[i].run_serial) serial.push_back(i);
+      if (l->tests[i].processors > 1) weights.push_back({i, l->tests[i].processors});
     }
     nlohmann::json entry = {{"path", dir}, {"count", names.size()}, {"names", join_names(names)}};
     if (!disabled.empty()) entry["disabled"] = std::move(disabled);
     if (!serial.empty()) entry["serial"] = std::move(serial);
+    if (!weights.empty()) entry["weights"] = std::move(weights);
     // Properties that change how ctest would schedule or run a test, which
     // dtest does not honour: say so once per property.
     std::map<std::string, std::vector<std::string>> unsupported;

@@ -17,6 +17,7 @@ struct TestCase {
   std::string name;    // GoogleTest full name, "Suite.Name"
   bool disabled = false;
   bool serial = false;  // CTest's RUN_SERIAL: runs when nothing else does
+  int weight = 1;       // CTest's PROCESSORS: the workers of one host it takes
   std::string type_param, value_param;
   std::string group;    // pytest's xdist_group mark (loadgroup), else empty
   std::string kind = "gtest";  // the source's kind: gtest, pytest, ctest, command

@@ -11,8 +11,10 @@
 #include <regex>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
+#include <tuple>
 #include <unistd.h>
 #include <unordered_map>
 
@@ -120,6 +122,7 @@ struct Slot {
   SlotState state = SlotState::opening;
   Clock::time_point started;
   std::int64_t batch = 0;  // session batch id in flight, 0 if idle
+  std::int64_t reserved_for = 0;  // held idle for this heavy test's batch
   int unit = -1;
   int sync = -1;           // index of its sync target, -1: nothing to sync
   int place = -1;          // index of its host set-up place (setup.host)
@@ -178,7 +181,11 @@ struct UnitState {
   // RUN_SERIAL tests: each runs alone, once nothing else is queued or in
   // flight in the unit.
   std::deque<int> serial_queue;
-  std::map<int, int> serial_attempts;  // batches that ended before reaching it
+  // Tests of weight k > 1 (PROCESSORS): each goes out first, as a batch of
+  // one, once k workers of one host are idle; k-1 of them then wait with it.
+  std::deque<int> heavy_queue;
+  // Serial and heavy tests: batches of one that ended before reaching it.
+  std::map<int, int> single_attempts;
 };
 
 struct InFlight {
@@ -187,7 +194,8 @@ struct InFlight {
   std::int64_t sched_batch = 0;
   std::vector<int> tests;  // test indices, in the order sent (the wire's batch index)
   bool retry = false;        // a --retries batch (not the scheduler's: sched_batch 0)
-  bool serial = false;       // a RUN_SERIAL test's batch of one (sent as a retry batch)
+  bool single = false;       // a serial or heavy test's batch of one (also a retry batch)
+  std::vector<int> reserved;  // a heavy test's: the slots held idle while it runs
   bool failed_test = false;  // some test of it failed, crashed or timed out
   std::vector<char> got;     // per batch index: a result came in
 };
@@ -203,6 +211,17 @@ std::string sync_key_of(const xspec::Spec& s) {
 
 std::string make_id(const std::string& prefix, const std::string& name) {
   return prefix.empty() ? name : prefix + "::" + name;
+}
+
+// The machine a gateway runs on, as far as its spec tells: every popen
+// gateway is this one; ssh gateways to one host (any user) share it; a
+// socket gateway is its address.
+std::string host_of(const xspec::Spec& s) {
+  const auto type = s.type();
+  if (type == "popen") return "popen";
+  std::string where = s.get(type).value_or("");
+  if (type == "ssh") where = where.substr(where.find('@') + 1);
+  return type + "=" + where;
 }
 
 std::string group_key_of(const xspec::Spec& s) {
@@ -297,6 +316,11 @@ struct Session::Impl {
   void on_result(int unit, int test, TestResult r);
   void settle(int unit, int test, TestResult fallback);
   bool dispatch_retry(int slot);
+  bool dispatch_heavy(int slot);
+  std::int64_t send_batch(int slot, InFlight f, nlohmann::json names, std::optional<std::pair<int, int>> shard = {});
+  void send_single(int slot, int test, std::vector<int> reserved);
+  void requeue_single(int unit, int test, bool front);
+  void release(const InFlight& f, std::int64_t id);
   const std::string& gtest_name(int unit, int test) const {
     const auto& us = ustate[static_cast<std::size_t>(unit)];
     if (!us.gtest_names.empty()) return us.gtest_names[static_cast<std::size_t>(test)];
@@ -587,15 +611,18 @@ void Session::Impl::slot_down(int i, const std::string& why) {
       const std::size_t before = us.sched->remaining();
       us.sched->worker_lost(i);
       requeued = us.sched->remaining() - before;
-      if (it->second.retry) {
-        // Its tests without a new result wait for a retry elsewhere.
-        const auto& f = it->second;
+      const auto& f = it->second;
+      if (f.retry) {
+        // Its tests without a new result wait for a retry elsewhere (a
+        // serial or heavy one in its own queue, at the front).
         for (std::size_t k = 0; k < f.tests.size(); ++k)
           if (!f.got[k] && !units[static_cast<std::size_t>(f.unit)].results[static_cast<std::size_t>(f.tests[k])]) {
-            us.retry_queue.push_back(f.tests[k]);
+            if (f.single) requeue_single(f.unit, f.tests[k], true);
+            else us.retry_queue.push_back(f.tests[k]);
             ++requeued;
           }
       }
+      release(f, s.batch);
       inflight.erase(it);
     }
     s.batch = 0;
@@ -886,6 +913,12 @@ void Session::Impl::on_collected(int i, const Message& m) {
     };
     mark("disabled", [&](const nlohmann::json& v) { index(v, "disabled").disabled = true; });
     mark("serial", [&](const nlohmann::json& v) { index(v, "serial").serial = true; });
+    mark("weights", [&](const nlohmann::json& v) {
+      if (!v.is_array() || v.size() != 2 || !v[1].is_number_unsigned() || v[1].get<std::uint64_t>() < 1 ||
+          v[1].get<std::uint64_t>() > (1u << 20))
+        throw ProtocolError("collected message: 'weights' holds something other than [index, weight 1..2^20]");
+      index(v[0], "weights").weight = v[1].get<int>();
+    });
     mark("groups", [&](const nlohmann::json& v) {
       if (!v.is_array() || v.size() != 2 || !v[1].is_string())
         throw ProtocolError("collected message: 'groups' holds something other than [index, name]");
@@ -941,7 +974,7 @@ void Session::Impl::on_result(int unit, int test, TestResult r) {
                                 units[static_cast<std::size_t>(unit)].tests[t].id(), to_string(r.outcome), used,
                                 opts.retries));
     us.last_failure[t] = std::move(r);
-    us.retry_queue.push_back(test);
+    requeue_single(unit, test, false);
     return;
   }
   if (used > 0 && r.outcome == Outcome::passed && us.last_failure[t]) {
@@ -998,20 +1031,93 @@ bool Session::Impl::dispatch_retry(int i) {
   }
   us.retry_queue = std::move(rest);
   if (f.tests.empty()) return false;
-  f.got.assign(f.tests.size(), 0);
+  send_batch(i, std::move(f), std::move(names));
+  return true;
+}
+
+// Sends the slot the batch `f` (its tests named `names`): the batch's id.
+// The batch is in flight before it is sent, so a failed send (which takes
+// the slot down) requeues it like any batch of a lost gateway.
+std::int64_t Session::Impl::send_batch(int i, InFlight f, nlohmann::json names,
+                                       std::optional<std::pair<int, int>> shard) {
+  auto& s = *slots[static_cast<std::size_t>(i)];
+  const auto& us = ustate[static_cast<std::size_t>(f.unit)];
+  const auto binary = static_cast<std::size_t>(us.binary_of[static_cast<std::size_t>(f.tests.front())]);
   const std::int64_t id = next_batch++;
-  trace("{} <- retry batch {} of {} tests", s.info.id, id, f.tests.size());
+  trace("{} <- {}batch {} of {} test(s){}{} ({} left in the queue)", s.info.id,
+        f.single ? "single " : f.retry ? "retry " : "", id, f.tests.size(),
+        shard ? fmt::format(", shard {}/{}", shard->first, shard->second) : "",
+        f.reserved.empty() ? "" : fmt::format(", holding {} more worker(s)", f.reserved.size()),
+        us.sched->remaining());
+  f.got.assign(f.tests.size(), 0);
+  for (int r : f.reserved) slots[static_cast<std::size_t>(r)]->reserved_for = id;
   inflight.emplace(id, std::move(f));
   s.batch = id;
-  nlohmann::json run = {
-      {"batch", id},
-      {"tests", std::move(names)},
-      {"env",
-       {{"DTEST_WORKER", s.info.id},
-        {"DTEST_WORKER_COUNT", std::to_string(slots.size())},
-        {"DTEST_TESTRUNUID", opts.testrunuid}}}};
-  fill_run(run, i, static_cast<std::size_t>(binary));
+  nlohmann::json run = {{"batch", id}, {"tests", std::move(names)}, {"env", worker_env(i)}};
+  fill_run(run, i, binary);
+  if (shard) run["shard"] = {shard->first, shard->second};
   send(i, MsgKind::run, std::move(run));
+  return id;
+}
+
+// A serial or heavy test alone in a batch (a retry batch: it is outside the
+// scheduler).
+void Session::Impl::send_single(int i, int test, std::vector<int> reserved) {
+  InFlight f;
+  f.unit = slots[static_cast<std::size_t>(i)]->unit;
+  f.slot = i;
+  f.retry = true;
+  f.single = true;
+  f.tests = {test};
+  f.reserved = std::move(reserved);
+  nlohmann::json names = nlohmann::json::array({gtest_name(f.unit, test)});
+  send_batch(i, std::move(f), std::move(names));
+}
+
+// A serial or heavy test that was not reached (or awaits a retry) waits in
+// its own queue again; any other test waits for a retry batch.
+void Session::Impl::requeue_single(int unit, int test, bool front) {
+  auto& us = ustate[static_cast<std::size_t>(unit)];
+  const auto& tc = units[static_cast<std::size_t>(unit)].tests[static_cast<std::size_t>(test)];
+  auto& q = tc.serial ? us.serial_queue : tc.weight > 1 ? us.heavy_queue : us.retry_queue;
+  if (front) q.push_front(test);
+  else q.push_back(test);
+}
+
+// The slots a heavy test's batch held idle are free again.
+void Session::Impl::release(const InFlight& f, std::int64_t id) {
+  for (int r : f.reserved)
+    if (slots[static_cast<std::size_t>(r)]->reserved_for == id) slots[static_cast<std::size_t>(r)]->reserved_for = 0;
+}
+
+// A heavy test (weight k) takes min(k, live workers of the unit on this
+// slot's host) workers of that host: it goes out on this slot once enough
+// of them are idle, and holds the others idle until it ends, as ctest -j
+// counts PROCESSORS against its job slots. Until then this slot waits for
+// it (true) rather than taking other work, so heavy tests are not starved
+// by a stream of light ones; they go first, being the long ones as a rule.
+bool Session::Impl::dispatch_heavy(int i) {
+  auto& s = *slots[static_cast<std::size_t>(i)];
+  auto& us = ustate[static_cast<std::size_t>(s.unit)];
+  const auto& u = units[static_cast<std::size_t>(s.unit)];
+  while (!us.heavy_queue.empty() && u.results[static_cast<std::size_t>(us.heavy_queue.front())])
+    us.heavy_queue.pop_front();  // settled meanwhile
+  if (us.heavy_queue.empty() || stop_requested) return false;
+  const int test = us.heavy_queue.front();
+  const std::string host = host_of(s.spec);
+  std::vector<int> idle;
+  int live = 0;
+  for (int w : us.workers) {
+    const auto& o = *slots[static_cast<std::size_t>(w)];
+    if (o.state == SlotState::dead || o.unit != s.unit || host_of(o.spec) != host) continue;
+    ++live;
+    if (w != i && o.state == SlotState::ready && !o.batch && !o.reserved_for) idle.push_back(w);
+  }
+  const int need = std::min(u.tests[static_cast<std::size_t>(test)].weight, live);
+  if (static_cast<int>(idle.size()) + 1 < need) return true;
+  idle.resize(static_cast<std::size_t>(need - 1));
+  us.heavy_queue.pop_front();
+  send_single(i, test, std::move(idle));
   return true;
 }
 
@@ -1120,6 +1226,7 @@ int Session::Impl::start_run() {
       us.binary_of.push_back(tests[t].binary_index);
       if (tests[t].disabled) continue;
       if (tests[t].serial) us.serial_queue.push_back(static_cast<int>(t));
+      else if (tests[t].weight > 1) us.heavy_queue.push_back(static_cast<int>(t));
       else order.push_back(static_cast<int>(t));
     }
     if (count == 1) group_of = us.binary_of;
@@ -1137,6 +1244,14 @@ int Session::Impl::start_run() {
         if (auto it = opts.estimates.find(id); it != opts.estimates.end()) est[t] = it->second;
         failed[t] = failed_last.count(id) > 0;
       }
+      // Heavy tests go out in the same order.
+      std::stable_sort(us.heavy_queue.begin(), us.heavy_queue.end(), [&](int a, int b) {
+        auto key = [&](int t) {
+          const auto k = static_cast<std::size_t>(t);
+          return std::make_tuple(!failed[k], est[k] >= 0, -est[k]);
+        };
+        return key(a) < key(b);
+      });
       us.sched->set_estimates(std::move(est), std::move(failed));
     }
     if (opts.dist == "loadfile" || opts.dist == "loadscope" || opts.dist == "loadgroup") {
@@ -1217,22 +1332,27 @@ int Session::Impl::start_run() {
 }
 
 void Session::Impl::dispatch() {
-  const std::string workers = std::to_string(slots.size());
   for (std::size_t i = 0; i < slots.size(); ++i) {
     auto& s = *slots[i];
-    if (s.state != SlotState::ready || s.batch || s.unit < 0) continue;
+    if (s.state != SlotState::ready || s.batch || s.reserved_for || s.unit < 0) continue;
     if (dispatch_retry(static_cast<int>(i))) continue;
+    if (dispatch_heavy(static_cast<int>(i))) continue;
     auto& us = ustate[static_cast<std::size_t>(s.unit)];
     auto b = us.sched->next(static_cast<int>(i));
     if (!b) {
       // RUN_SERIAL: one at a time, when the unit has nothing else to do.
-      if (us.serial_queue.empty() || !us.sched->empty() || !us.retry_queue.empty() || stop_requested) continue;
+      const auto& results = units[static_cast<std::size_t>(s.unit)].results;
+      while (!us.serial_queue.empty() && results[static_cast<std::size_t>(us.serial_queue.front())])
+        us.serial_queue.pop_front();  // settled meanwhile
+      if (us.serial_queue.empty() || !us.sched->empty() || !us.retry_queue.empty() || !us.heavy_queue.empty() ||
+          stop_requested)
+        continue;
       const bool busy = std::any_of(inflight.begin(), inflight.end(),
                                     [&](const auto& kv) { return kv.second.unit == s.unit; });
       if (busy) continue;
-      us.retry_queue.push_back(us.serial_queue.front());
+      const int t = us.serial_queue.front();
       us.serial_queue.pop_front();
-      if (dispatch_retry(static_cast<int>(i))) inflight[s.batch].serial = true;
+      send_single(static_cast<int>(i), t, {});
       continue;
     }
     InFlight f;
@@ -1242,22 +1362,9 @@ void Session::Impl::dispatch() {
     nlohmann::json names = nlohmann::json::array();
     for (int t : b->tests) names.push_back(gtest_name(s.unit, t));
     f.tests = b->tests;
-    f.got.assign(f.tests.size(), 0);
-    const std::int64_t id = next_batch++;
-    trace("{} <- batch {} of {} tests{} ({} left in the queue)", s.info.id, id, b->tests.size(),
-          b->shard_count > 0 ? fmt::format(", shard {}/{}", b->shard_index, b->shard_count) : "",
-          us.sched->remaining());
-    inflight.emplace(id, std::move(f));
-    s.batch = id;
-    nlohmann::json run = {
-        {"batch", id},
-        {"tests", std::move(names)},
-        {"env",
-         {{"DTEST_WORKER", s.info.id}, {"DTEST_WORKER_COUNT", workers}, {"DTEST_TESTRUNUID", opts.testrunuid}}}};
-    fill_run(run, static_cast<int>(i),
-             static_cast<std::size_t>(us.binary_of[static_cast<std::size_t>(b->tests.front())]));
-    if (b->shard_count > 0) run["shard"] = {b->shard_index, b->shard_count};
-    send(static_cast<int>(i), MsgKind::run, std::move(run));
+    std::optional<std::pair<int, int>> shard;
+    if (b->shard_count > 0) shard.emplace(b->shard_index, b->shard_count);
+    send_batch(static_cast<int>(i), std::move(f), std::move(names), shard);
   }
 }
 
@@ -1314,6 +1421,7 @@ void Session::Impl::on_batch_done(int i, const Message& m) {
   InFlight f = std::move(it->second);
   inflight.erase(it);
   s.batch = 0;
+  release(f, id);
   trace("{} -> batch {} done: {} in {:.1f} ms, first test after {:.1f} ms", s.info.id, id, m.body.value("status", "?"),
         m.body.value("seconds", -1.0) * 1e3, m.body.value("startup", -1.0) * 1e3);
   auto& us = ustate[static_cast<std::size_t>(f.unit)];
@@ -1325,13 +1433,16 @@ void Session::Impl::on_batch_done(int i, const Message& m) {
   std::vector<int> give_up;
   if (f.sched_batch) {
     give_up = us.sched->batch_done(f.sched_batch, m.body.value("seconds", -1.0), m.body.value("startup", -1.0));
-  } else if (f.serial && !f.got[0] && !units[static_cast<std::size_t>(f.unit)].results[static_cast<std::size_t>(f.tests[0])] &&
-             us.last_failure[static_cast<std::size_t>(f.tests[0])] == std::nullopt) {
-    // A RUN_SERIAL test its process never reached: as for the scheduler's
-    // tests, it is tried again (alone, later) up to kMaxAttempts times.
+  } else if (f.single) {
+    // A serial or heavy test its process never reached: as for the
+    // scheduler's tests, it is tried again (in its own way, later) up to
+    // kMaxAttempts times; one awaiting a retry then keeps its failure.
     const int t = f.tests[0];
-    if (++us.serial_attempts[t] >= Scheduler::kMaxAttempts) give_up.push_back(t);
-    else us.serial_queue.push_front(t);
+    if (!f.got[0] && !units[static_cast<std::size_t>(f.unit)].results[static_cast<std::size_t>(t)]) {
+      if (++us.single_attempts[t] < Scheduler::kMaxAttempts) requeue_single(f.unit, t, true);
+      else if (us.last_failure[static_cast<std::size_t>(t)]) settle(f.unit, t, {});
+      else give_up.push_back(t);
+    }
   } else {
     // A retry batch: what it did not reach waits for a retry again. When it
     // reached nothing, its first test is charged a retry (so a process that
@@ -1377,7 +1488,9 @@ void Session::Impl::on_batch_done(int i, const Message& m) {
 
 bool Session::Impl::run_finished() const {
   for (const auto& us : ustate)
-    if (!us.sched->empty() || !us.sched->idle() || !us.retry_queue.empty() || !us.serial_queue.empty()) return false;
+    if (!us.sched->empty() || !us.sched->idle() || !us.retry_queue.empty() || !us.serial_queue.empty() ||
+        !us.heavy_queue.empty())
+      return false;
   for (const auto& [id, f] : inflight)
     if (f.retry) return false;
   return true;
@@ -1405,12 +1518,13 @@ void Session::Impl::settle_orphans() {
       us.retry_queue.pop_front();
       settle(static_cast<int>(u), t, {});
     }
-    for (; !us.serial_queue.empty(); us.serial_queue.pop_front()) {
-      TestResult r;
-      r.outcome = Outcome::not_run;
-      r.message = "no gateway left to run it (" + lost + ")";
-      record(static_cast<int>(u), us.serial_queue.front(), std::move(r));
-    }
+    for (auto* q : {&us.serial_queue, &us.heavy_queue})
+      for (; !q->empty(); q->pop_front()) {
+        TestResult r;
+        r.outcome = Outcome::not_run;
+        r.message = "no gateway left to run it (" + lost + ")";
+        settle(static_cast<int>(u), q->front(), std::move(r));
+      }
     if (us.sched->empty()) continue;
     for (int t : us.sched->drain()) {
       TestResult r;

@@ -33,10 +33,12 @@ struct Script {
   std::map<std::string, std::vector<std::pair<std::string, Outcome>>> binaries;
   std::map<std::string, std::string> collect_errors;  // binary -> error
   // Listing extras of the other kinds, by key: `groups` ([index, name]),
-  // `errors` (collection errors beside the listing), `serial` (indices).
+  // `errors` (collection errors beside the listing), `serial` (indices),
+  // `weights` ([index, weight]).
   std::map<std::string, std::vector<std::pair<int, std::string>>> groups;
   std::map<std::string, std::vector<std::string>> list_errors;
   std::map<std::string, std::vector<int>> serial;
+  std::map<std::string, std::vector<std::pair<int, int>>> weights;
   std::set<std::string> crash;                        // the process dies in these
   std::set<std::string> time_out;                     // the agent kills the process in these
   std::set<std::string> never_reached;                // the process exits before these
@@ -251,6 +253,10 @@ class FakeGateway final : public gateway::Gateway {
     }
     if (auto e = script_.list_errors.find(key); e != script_.list_errors.end()) entry["errors"] = e->second;
     if (auto s = script_.serial.find(key); s != script_.serial.end()) entry["serial"] = s->second;
+    if (auto w = script_.weights.find(key); w != script_.weights.end()) {
+      entry["weights"] = nlohmann::json::array();
+      for (const auto& [index, weight] : w->second) entry["weights"].push_back({index, weight});
+    }
     return entry;
   }
 
@@ -1178,21 +1184,39 @@ TEST(Session, SetupHostMovesToAnotherGatewayOfThePlaceWhenItsRunnerDies) {
   EXPECT_EQ(h.run_log.size(), 20u);
 }
 
-TEST(Session, SerialTestsRunAloneOneAtATimeOnceTheRestIsDone) {
-  Harness h;
-  std::vector<std::pair<std::string, Outcome>> tests;
-  for (int i = 0; i < 16; ++i) tests.emplace_back(fmt::format("t{:02}", i), Outcome::passed);
-  h.script.binaries["ct"] = tests;
-  h.script.serial["ct"] = {1, 6, 11, 14};
-  const std::set<std::string> serial = {"t01", "t06", "t11", "t14"};
-  h.sources = {{"ctest", "", {{"key", "ct"}, {"build_dir", "/work/project/build"}}}};
-  // Both workers are in before the run starts; a batch_done waits (a
-  // little) for another batch to go out, so batches that may overlap do.
-  h.script.release_within_ms = [](const std::string&, const std::string& label) {
+// Each run message of a finished run: its gateway, its tests, and where in
+// the timeline it went out and its batch_done came back.
+struct Run {
+  std::string gw;
+  std::vector<std::string> tests;
+  std::size_t sent, done;
+  // Whether the two were in flight at one time.
+  bool overlaps(const Run& o) const { return sent < o.done && o.sent < done; }
+};
+
+std::vector<Run> runs_of(const Script& s) {
+  std::vector<Run> runs;
+  for (const auto& m : s.sent_of(MsgKind::run)) {
+    const std::string batch = m.body.at("batch").dump();
+    runs.push_back({m.gw, m.body.at("tests").get<std::vector<std::string>>(), s.at(m.gw + " > run " + batch),
+                    s.at(m.gw + " < batch_done " + batch)});
+  }
+  return runs;
+}
+
+// Both workers are in before the run starts; a batch_done waits (a little)
+// for another batch to go out, so batches that may overlap do.
+void overlap_batches(Script& script) {
+  script.release_within_ms = [](const std::string&, const std::string& label) {
     return label.rfind("batch_done", 0) == 0 ? 100 : 10000;
   };
-  h.script.release = [&s = h.script](const std::string& gw, const std::string& label) {
-    if (label == "collected 1") return s.has("gw0 << hello") && s.has("gw1 << hello");
+  script.release = [&s = script](const std::string& gw, const std::string& label) {
+    if (label == "collected 1") {
+      std::set<std::string> hellos;
+      for (const auto& e : s.timeline)
+        if (e.size() > 9 && e.compare(e.size() - 9, 9, " << hello") == 0) hellos.insert(e);
+      return static_cast<int>(hellos.size()) >= s.start_together;
+    }
     if (label.rfind("batch_done ", 0) == 0) {
       const std::size_t sent = s.at(gw + " > run " + label.substr(11));
       for (std::size_t i = sent + 1; i < s.timeline.size(); ++i)
@@ -1201,29 +1225,32 @@ TEST(Session, SerialTestsRunAloneOneAtATimeOnceTheRestIsDone) {
     }
     return true;
   };
+}
+
+// Every test of the run reached exactly once.
+void expect_each_reached_once(const Script& s, std::size_t n) {
+  std::multiset<std::string> names;
+  for (const auto& r : s.reached) names.insert(r.substr(r.find(':') + 1));
+  EXPECT_EQ(names.size(), n);
+  for (const auto& name : names) EXPECT_EQ(names.count(name), 1u) << name;
+}
+
+TEST(Session, SerialTestsRunAloneOneAtATimeOnceTheRestIsDone) {
+  Harness h;
+  std::vector<std::pair<std::string, Outcome>> tests;
+  for (int i = 0; i < 16; ++i) tests.emplace_back(fmt::format("t{:02}", i), Outcome::passed);
+  h.script.binaries["ct"] = tests;
+  h.script.serial["ct"] = {1, 6, 11, 14};
+  const std::set<std::string> serial = {"t01", "t06", "t11", "t14"};
+  h.sources = {{"ctest", "", {{"key", "ct"}, {"build_dir", "/work/project/build"}}}};
+  h.script.start_together = 2;
+  overlap_batches(h.script);
   EXPECT_EQ(h.run({"2*popen"}), kExitOk);
   const auto o = h.outcomes();
   EXPECT_EQ(o.size(), 16u);
   for (const auto& [name, outcome] : o) EXPECT_EQ(outcome, Outcome::passed) << name;
-  std::multiset<std::string> reached(h.script.reached.begin(), h.script.reached.end());
-  std::multiset<std::string> names;
-  for (const auto& r : reached) names.insert(r.substr(r.find(':') + 1));
-  EXPECT_EQ(names.size(), 16u);
-  for (const auto& n : names) EXPECT_EQ(names.count(n), 1u) << n;
-
-  // Each run: where it went out, where its batch_done came back.
-  struct Run {
-    std::string gw;
-    std::vector<std::string> tests;
-    std::size_t sent, done;
-  };
-  std::vector<Run> runs;
-  const auto& s = h.script;
-  for (const auto& m : s.sent_of(MsgKind::run)) {
-    const std::string batch = m.body.at("batch").dump();
-    runs.push_back({m.gw, m.body.at("tests").get<std::vector<std::string>>(), s.at(m.gw + " > run " + batch),
-                    s.at(m.gw + " < batch_done " + batch)});
-  }
+  expect_each_reached_once(h.script, 16);
+  const auto runs = runs_of(h.script);
   int serial_runs = 0;
   std::size_t last_normal = 0;
   for (const auto& r : runs) {
@@ -1269,6 +1296,128 @@ TEST(Session, ASerialTestNeverReachedIsNotRunAfterThreeAttemptsWithTheReason) {
   int attempts = 0;
   for (const auto& b : h.script.batches) attempts += std::count(b.begin(), b.end(), "t1");
   EXPECT_EQ(attempts, 3);
+}
+
+// PROCESSORS: a heavy test holds idle min(weight, its host's workers) - 1
+// other workers of its own host while it runs, and the heavy tests go out
+// before the rest.
+TEST(Session, HeavyTestsHoldWorkersOfTheirOwnHostWhileTheyRun) {
+  Harness h;
+  std::vector<std::pair<std::string, Outcome>> tests;
+  for (int i = 0; i < 14; ++i) tests.emplace_back(fmt::format("t{:02}", i), Outcome::passed);
+  h.script.binaries["ct"] = tests;
+  // t07 wants more workers than a host has: it takes both of its host's.
+  h.script.weights["ct"] = {{2, 2}, {7, 3}, {9, 2}};
+  const std::set<std::string> heavy = {"t02", "t07", "t09"};
+  h.sources = {{"ctest", "", {{"key", "ct"}, {"build_dir", "/work/project/build"}}}};
+  h.script.start_together = 4;
+  overlap_batches(h.script);
+  EXPECT_EQ(h.run({"2*popen", "2*ssh=u@box"}), kExitOk);
+  const auto o = h.outcomes();
+  EXPECT_EQ(o.size(), 14u);
+  for (const auto& [name, outcome] : o) EXPECT_EQ(outcome, Outcome::passed) << name;
+  expect_each_reached_once(h.script, 14);
+  const auto host = [](const std::string& gw) { return gw == "gw0" || gw == "gw1" ? "popen" : "box"; };
+  const auto runs = runs_of(h.script);
+  std::size_t first_light = std::string::npos, last_heavy = 0;
+  int heavy_runs = 0, light_beside_heavy = 0;
+  for (const auto& r : runs) {
+    if (!heavy.count(r.tests.front())) {
+      first_light = std::min(first_light, r.sent);
+      continue;
+    }
+    ++heavy_runs;
+    last_heavy = std::max(last_heavy, r.sent);
+    ASSERT_EQ(r.tests.size(), 1u) << r.tests.front();
+    for (const auto& other : runs) {
+      if (&other == &r || !other.overlaps(r)) continue;
+      EXPECT_NE(host(other.gw), host(r.gw)) << other.tests.front() << " on " << other.gw << " ran beside "
+                                            << r.tests.front() << " on " << r.gw;
+      ++light_beside_heavy;
+    }
+  }
+  EXPECT_EQ(heavy_runs, 3);
+  EXPECT_LT(last_heavy, first_light);
+  // The other host was not held: work ran there meanwhile.
+  EXPECT_GT(light_beside_heavy, 0);
+}
+
+// The gateway running a heavy test is lost: the test runs again elsewhere,
+// holding workers as before, and those it held the first time are free.
+TEST(Session, AHeavyTestWhoseGatewayIsLostRunsAgainElsewhere) {
+  Harness h;
+  h.script.binaries["ct"] = {{"t0", Outcome::passed}, {"t1", Outcome::passed}, {"t2", Outcome::passed},
+                             {"t3", Outcome::passed}, {"t4", Outcome::passed}, {"t5", Outcome::passed}};
+  h.script.weights["ct"] = {{0, 2}};
+  h.sources = {{"ctest", "", {{"key", "ct"}, {"build_dir", "/work/project/build"}}}};
+  h.script.start_together = 3;
+  overlap_batches(h.script);
+  h.script.die_after_runs["gw0"] = 1;
+  EXPECT_EQ(h.run({"3*popen"}), kExitOk);
+  const auto o = h.outcomes();
+  EXPECT_EQ(o.size(), 6u);
+  for (const auto& [name, outcome] : o) EXPECT_EQ(outcome, Outcome::passed) << name;
+  EXPECT_THAT(h.out.str(), HasSubstr("[gw0] gateway lost"));
+  expect_each_reached_once(h.script, 6);
+  const auto runs = runs_of(h.script);
+  // gw0 took it first (the first ready slot), holding another; it ran on
+  // one of the two left, the other held idle meanwhile.
+  ASSERT_FALSE(runs.empty());
+  EXPECT_EQ(runs.front().gw, "gw0");
+  EXPECT_EQ(runs.front().tests, std::vector<std::string>{"t0"});
+  int ran = 0;
+  for (const auto& r : runs) {
+    if (r.tests.front() != "t0" || r.gw == "gw0") continue;
+    ++ran;
+    for (const auto& other : runs) {
+      if (&other == &r || other.gw == "gw0") continue;
+      EXPECT_FALSE(other.overlaps(r)) << other.tests.front();
+    }
+  }
+  EXPECT_EQ(ran, 1);
+}
+
+// Under --retries a heavy test's retry is a heavy test too; one its process
+// never reaches is charged attempts like a serial test.
+TEST(Session, HeavyTestsAreRetriedAsHeavyAndNotRunAfterThreeUnreachedAttempts) {
+  Harness h;
+  h.script.binaries["ct"] = {{"t0", Outcome::passed}, {"t1", Outcome::failed}, {"t2", Outcome::passed},
+                             {"t3", Outcome::passed}, {"t4", Outcome::passed}};
+  h.script.weights["ct"] = {{1, 2}, {3, 2}};
+  h.script.never_reached = {"t3"};
+  h.retries = 1;
+  h.sources = {{"ctest", "", {{"key", "ct"}, {"build_dir", "/work/project/build"}}}};
+  h.script.start_together = 2;
+  overlap_batches(h.script);
+  EXPECT_EQ(h.run({"2*popen"}), kExitTestsFailed);
+  const auto o = h.outcomes();
+  EXPECT_EQ(o.at("t1"), Outcome::failed);
+  EXPECT_EQ(o.at("t3"), Outcome::not_run);
+  for (const char* t : {"t0", "t2", "t4"}) EXPECT_EQ(o.at(t), Outcome::passed) << t;
+  EXPECT_THAT(h.session->units().at(0).results.at(3)->message, HasSubstr("ended before reaching it 3 times"));
+  const auto runs = runs_of(h.script);
+  int t1_runs = 0, t3_runs = 0;
+  for (const auto& r : runs) {
+    const bool heavy = r.tests.front() == "t1" || r.tests.front() == "t3";
+    if (!heavy) continue;
+    (r.tests.front() == "t1" ? t1_runs : t3_runs) += 1;
+    ASSERT_EQ(r.tests.size(), 1u);
+    for (const auto& other : runs) {
+      if (&other == &r) continue;
+      EXPECT_FALSE(other.overlaps(r)) << other.tests.front() << " beside " << r.tests.front();
+    }
+  }
+  EXPECT_EQ(t1_runs, 2);
+  EXPECT_EQ(t3_runs, 3);
+}
+
+TEST(Session, AWeightOutOfRangeIsAProtocolErrorNamingTheField) {
+  Harness h;
+  h.script.binaries["ct"] = {{"t0", Outcome::passed}};
+  h.script.weights["ct"] = {{0, 0}};
+  h.sources = {{"ctest", "", {{"key", "ct"}, {"build_dir", "/work/project/build"}}}};
+  EXPECT_NE(h.run({"popen"}), kExitOk);
+  EXPECT_THAT(h.gateway("gw0").error, HasSubstr("'weights'"));
 }
 
 }  // namespace

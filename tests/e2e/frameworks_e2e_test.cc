@@ -682,6 +682,65 @@ TEST_F(Frameworks, CtestOutcomesMatchCtest) {
   EXPECT_EQ(xml_names, keys(want));
 }
 
+// PROCESSORS k holds k-1 more of the workers of its host idle while the test
+// runs (no more than the host has); RUN_SERIAL runs alone. Each test logs
+// when it starts and ends; the intervals show what ran beside what.
+TEST_F(Frameworks, CtestProcessorsAndRunSerialHoldWorkers) {
+  const std::string src = tmp_ + "/weights", build = tmp_ + "/weights-build";
+  fs::create_directories(src);
+  write_file(src + "/span.sh",
+             "echo \"$2 start $(date +%s%N)\" >> \"$1\"\nsleep 0.3\necho \"$2 end $(date +%s%N)\" >> \"$1\"\n");
+  std::string cmake = "cmake_minimum_required(VERSION 3.16)\nproject(weights LANGUAGES NONE)\nenable_testing()\n";
+  for (const std::string name : {"light0", "light1", "light2", "light3", "light4", "light5", "light6", "light7",
+                                 "heavy2", "heavy9", "serial"})
+    cmake += "add_test(NAME " + name + " COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/span.sh " +
+             "${CMAKE_CURRENT_BINARY_DIR}/spans.log " + name + ")\n";
+  cmake += "set_tests_properties(heavy2 PROPERTIES PROCESSORS 2)\n"
+           "set_tests_properties(heavy9 PROPERTIES PROCESSORS 9)\n"
+           "set_tests_properties(serial PROPERTIES RUN_SERIAL TRUE)\n";
+  write_file(src + "/CMakeLists.txt", cmake);
+  ProcResult c = run({kCmake, "-S", src, "-B", build, "-G", "Ninja"}, tmp_);
+  ASSERT_EQ(c.exit_code, 0) << describe(c);
+
+  const ProcResult r = dtest({"-n", "3", "-v", build}, tmp_);
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  const auto got = outcomes(r.out);
+  EXPECT_EQ(got.size(), 11u) << r.out;
+  for (const auto& [name, o] : got) EXPECT_EQ(o, "passed") << name;
+
+  std::map<std::string, std::pair<long long, long long>> span;
+  for (const auto& l : split_lines(read_file(build + "/spans.log"))) {
+    std::istringstream in(l);
+    std::string name, what;
+    long long ns = 0;
+    ASSERT_TRUE(in >> name >> what >> ns) << l;
+    (what == "start" ? span[name].first : span[name].second) = ns;
+  }
+  ASSERT_EQ(span.size(), 11u);
+  // The most other tests running at one moment while `name` ran.
+  auto beside = [&](const std::string& name) {
+    const auto [from, to] = span.at(name);
+    std::vector<std::pair<long long, int>> edges;
+    for (const auto& [other, s] : span)
+      if (other != name && s.first < to && from < s.second) {
+        edges.emplace_back(std::max(s.first, from), 1);
+        edges.emplace_back(std::min(s.second, to), -1);
+      }
+    std::sort(edges.begin(), edges.end());  // an end sorts before a start at the same instant
+    int now = 0, most = 0;
+    for (const auto& e : edges) most = std::max(most, now += e.second);
+    return most;
+  };
+  EXPECT_LE(beside("heavy2"), 1) << r.out;
+  EXPECT_EQ(beside("heavy9"), 0) << r.out;  // all three workers of the host
+  EXPECT_EQ(beside("serial"), 0) << r.out;
+  // Otherwise the workers did run side by side.
+  int most = 0;
+  for (const auto& [name, s] : span)
+    if (name.rfind("light", 0) == 0) most = std::max(most, beside(name));
+  EXPECT_GE(most, 1) << r.out;
+}
+
 // ===========================================================================
 // 8. Command suites
 // ===========================================================================
