@@ -1316,7 +1316,14 @@ int Session::Impl::start_run() {
   for (const auto& u : units) total += u.tests.size();
   trace("run set up: {} unit(s), {} tests", units.size(), total);
   reporter.set_total(total);
-  reporter.collected(collected, opts.binaries.size(), units.size(), all_gtest());
+  // Platforms that collected different numbers of tests: each one's count.
+  std::string per_platform;
+  if (std::any_of(units.begin(), units.end(),
+                  [&](const Unit& u) { return u.tests.size() != units.front().tests.size(); }))
+    for (const auto& u : units)
+      per_platform += fmt::format("{}{}: {}", per_platform.empty() ? "" : ", ", u.name,
+                                  u.tests.size() / static_cast<std::size_t>(std::max(1, opts.count)));
+  reporter.collected(collected, opts.binaries.size(), units.size(), all_gtest(), per_platform);
   if (opts.count > 1)
     reporter.note(fmt::format("--count {}: every test runs {} times ({} results)", opts.count, opts.count, total));
   if (total == 0) return kExitNoTests;

@@ -88,7 +88,8 @@ void TerminalReporter::gateway_lost(const GatewayInfo& gw, std::size_t requeued)
   out_.flush();
 }
 
-void TerminalReporter::collected(std::size_t tests, std::size_t binaries, std::size_t units, bool all_gtest) {
+void TerminalReporter::collected(std::size_t tests, std::size_t binaries, std::size_t units, bool all_gtest,
+                                 const std::string& per_platform) {
   if (verbosity_ < 0) return;
   if (all_gtest)
     out_ << fmt::format("collected {} test{} from {} binar{}", tests, tests == 1 ? "" : "s", binaries,
@@ -96,7 +97,9 @@ void TerminalReporter::collected(std::size_t tests, std::size_t binaries, std::s
   else
     out_ << fmt::format("collected {} test{} from {} suite{}", tests, tests == 1 ? "" : "s", binaries,
                         binaries == 1 ? "" : "s");
-  if (units > 1) out_ << fmt::format(" (x{} platforms, --dist each)", units);
+  if (units > 1 && per_platform.empty()) out_ << fmt::format(" (x{} platforms, --dist each)", units);
+  if (units > 1 && !per_platform.empty())
+    out_ << fmt::format(" (x{} platforms, --dist each; {})", units, per_platform);
   out_ << "\n";
   if (verbosity_ >= 0) out_ << "\n";
   out_.flush();

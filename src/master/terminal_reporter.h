@@ -30,7 +30,10 @@ class TerminalReporter {
   void gateway_failed(const GatewayInfo& gw);
   void gateway_lost(const GatewayInfo& gw, std::size_t requeued);
   // `binaries`: how many sources; `all_gtest`: name them binaries, else suites.
-  void collected(std::size_t tests, std::size_t binaries, std::size_t units, bool all_gtest = true);
+  // `per_platform` ("gw0: 10, gw1: 12"): under --dist each, when the
+  // platforms collected different numbers of tests (`tests` is the first's).
+  void collected(std::size_t tests, std::size_t binaries, std::size_t units, bool all_gtest = true,
+                 const std::string& per_platform = "");
   void collection_errors(const std::vector<std::string>& errors);
   void warning(const std::string& text);
   // A line of its own at -v (what a sync moved, say).

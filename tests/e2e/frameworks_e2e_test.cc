@@ -853,6 +853,7 @@ TEST_F(Frameworks, DistEachKeepsEachPlatformsCollection) {
        {{t + "test_common", "passed"}, {t + "test_flavour[plain]", "passed"}, {t + "test_flavour[extra]", "passed"}}},
       {"gw1", {{t + "test_common", "passed"}, {t + "test_flavour[plain]", "passed"}}}};
   EXPECT_EQ(by_gateway, want) << r.out;
+  EXPECT_TRUE(contains(r.out, "collected 3 tests from 1 suite (x2 platforms, --dist each; gw0: 3, gw1: 2)")) << r.out;
 }
 
 // ===========================================================================
