@@ -41,23 +41,9 @@ RUNS_SLEEPY=${BENCH_RUNS_SLEEPY:-3}
 SKIP_DTEST=${BENCH_SKIP_DTEST:-0}
 PYTHON=/usr/bin/python3
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'ctest_suites.sh: %s\n' "$*" >&2; exit 1; }
-
-# --- prerequisites ----------------------------------------------------------
-log "checking dependencies (scripts/deps.sh --bench)"
-bash "$REPO_ROOT/scripts/deps.sh" --bench
-for tool in hyperfine cmake ctest; do
-  command -v "$tool" >/dev/null || die "'$tool' not found in PATH"
-done
-
-[[ -d $BUILD_DIR ]] || die "build directory '$BUILD_DIR' does not exist (configure and build dtest first)"
-BUILD_DIR=$(cd "$BUILD_DIR" && pwd)
-DTEST=$BUILD_DIR/src/dtest
-if [[ $SKIP_DTEST != 1 ]]; then
-  [[ -x $DTEST ]] || die "$DTEST not found: build dtest first (cmake --build '$BUILD_DIR'), or set BENCH_SKIP_DTEST=1"
-  [[ -x $BUILD_DIR/src/dtest-agent ]] || die "$BUILD_DIR/src/dtest-agent not found beside dtest"
-fi
+# shellcheck source=bench/common.sh
+source "$REPO_ROOT/bench/common.sh"
+bench_setup hyperfine cmake ctest
 
 RESULTS=$BUILD_DIR/bench-ctest
 mkdir -p "$RESULTS"
@@ -111,26 +97,13 @@ for p in trivial sleepy; do
 done
 
 # --- b. time them ---------------------------------------------------------------
-q() { printf '%q' "$1"; }
 DTEST_ARGV=("$DTEST" -q -n 2 .)
 DTEST_CMD="$(q "$DTEST") -q -n 2 ."
 
 bench() {
   local name=$1 runs=$2 dir=$WORK/$1-build
   local cmds=(-n "ctest -j2" --prepare "true" "ctest -j2 -Q")
-  if [[ $SKIP_DTEST != 1 ]]; then
-    log "$name: two recorded dtest runs for the history"
-    (cd "$dir" && rm -rf .dtest "$DTEST_CACHE_DIR" && "${DTEST_ARGV[@]}" >/dev/null && "${DTEST_ARGV[@]}" >/dev/null)
-    rm -rf "$WORK/history-$name" && mkdir -p "$WORK/history-$name" "$DTEST_CACHE_DIR"
-    cp -r "$dir/.dtest" "$WORK/history-$name/dtest"
-    cp -r "$DTEST_CACHE_DIR" "$WORK/history-$name/cache"
-    local d c h
-    d=$(q "$dir/.dtest") c=$(q "$DTEST_CACHE_DIR") h=$(q "$WORK/history-$name")
-    cmds+=(
-      -n "dtest -n 2, first run" --prepare "rm -rf $d $c" "$DTEST_CMD"
-      -n "dtest -n 2, history" --prepare "rm -rf $d $c && cp -r $h/dtest $d && cp -r $h/cache $c" "$DTEST_CMD"
-    )
-  fi
+  [[ $SKIP_DTEST == 1 ]] || dtest_commands cmds "$name" "$dir"
   log "hyperfine: $name ($runs runs each, warm-up 1)"
   (cd "$dir" && hyperfine --warmup 1 --runs "$runs" --export-json "$RESULTS/$name.json" "${cmds[@]}" >&2)
 }

@@ -36,25 +36,9 @@ RUNS_SLEEPY=${BENCH_RUNS_SLEEPY:-3}
 CTEST_STRIDE=${BENCH_CTEST_STRIDE:-20}
 SKIP_DTEST=${BENCH_SKIP_DTEST:-0}
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'gtest_local.sh: %s\n' "$*" >&2; exit 1; }
-
-# --- prerequisites ----------------------------------------------------------
-if [[ -f $REPO_ROOT/scripts/deps.sh ]]; then
-  log "checking dependencies (scripts/deps.sh --bench)"
-  bash "$REPO_ROOT/scripts/deps.sh" --bench
-fi
-for tool in cmake ctest hyperfine python3; do
-  command -v "$tool" >/dev/null || die "'$tool' not found in PATH"
-done
-
-[[ -d $BUILD_DIR ]] || die "build directory '$BUILD_DIR' does not exist (configure and build dtest first)"
-BUILD_DIR=$(cd "$BUILD_DIR" && pwd)
-DTEST=$BUILD_DIR/src/dtest
-if [[ $SKIP_DTEST != 1 ]]; then
-  [[ -x $DTEST ]] || die "$DTEST not found: build dtest first (cmake --build '$BUILD_DIR'), or set BENCH_SKIP_DTEST=1"
-  [[ -x $BUILD_DIR/src/dtest-agent ]] || die "$BUILD_DIR/src/dtest-agent not found beside dtest"
-fi
+# shellcheck source=bench/common.sh
+source "$REPO_ROOT/bench/common.sh"
+bench_setup cmake ctest hyperfine python3
 
 WORK=$BUILD_DIR/bench-work
 GEN_SRC=$WORK/src
@@ -167,7 +151,6 @@ n_sleepy=$(ctest --test-dir "$GEN_BUILD/sleepy" -N | sed -n 's/^Total Tests: //p
 log "ctest sees $n_trivial trivial and $n_sleepy sleepy tests"
 
 # --- b. time them ---------------------------------------------------------------
-q() { printf '%q' "$1"; }
 
 # bench NAME BIN RUNS [--no-ctest]: one hyperfine invocation comparing the bare
 # binary (to /dev/null and into a pipe), ctest -j2 (unless --no-ctest) and

@@ -42,22 +42,10 @@ RUNS_SLEEPY=${BENCH_RUNS_SLEEPY:-3}
 SKIP_DTEST=${BENCH_SKIP_DTEST:-0}
 PYTHON=/usr/bin/python3   # Debian's, which has pytest and pytest-xdist
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'pytest_suites.sh: %s\n' "$*" >&2; exit 1; }
-
-# --- prerequisites ----------------------------------------------------------
-log "checking dependencies (scripts/deps.sh --bench)"
-bash "$REPO_ROOT/scripts/deps.sh" --bench
-command -v hyperfine >/dev/null || die "'hyperfine' not found in PATH"
+# shellcheck source=bench/common.sh
+source "$REPO_ROOT/bench/common.sh"
+bench_setup hyperfine
 "$PYTHON" -c 'import pytest, xdist' 2>/dev/null || die "$PYTHON lacks pytest or pytest-xdist"
-
-[[ -d $BUILD_DIR ]] || die "build directory '$BUILD_DIR' does not exist (configure and build dtest first)"
-BUILD_DIR=$(cd "$BUILD_DIR" && pwd)
-DTEST=$BUILD_DIR/src/dtest
-if [[ $SKIP_DTEST != 1 ]]; then
-  [[ -x $DTEST ]] || die "$DTEST not found: build dtest first (cmake --build '$BUILD_DIR'), or set BENCH_SKIP_DTEST=1"
-  [[ -x $BUILD_DIR/src/dtest-agent ]] || die "$BUILD_DIR/src/dtest-agent not found beside dtest"
-fi
 
 RESULTS=$BUILD_DIR/bench-pytest
 mkdir -p "$RESULTS"
@@ -116,7 +104,6 @@ PY
 cp "$WORK/sleepy_durations.json" "$RESULTS/"
 
 # --- b. time them ---------------------------------------------------------------
-q() { printf '%q' "$1"; }
 PYTEST="$(q "$PYTHON") -m pytest -q -p no:cacheprovider"
 DTEST_ARGV=("$DTEST" -q --tx "2*popen//python=$PYTHON")
 DTEST_CMD="$(q "$DTEST") -q --tx $(q "2*popen//python=$PYTHON")"
@@ -129,20 +116,7 @@ bench() {
     -n "pytest" --prepare "true" "$PYTEST"
     -n "pytest -n 2" --prepare "true" "$PYTEST -n 2"
   )
-  if [[ $SKIP_DTEST != 1 ]]; then
-    # The history: .dtest/ and the cache after two recorded runs.
-    log "$name: two recorded dtest runs for the history"
-    (cd "$dir" && rm -rf .dtest "$DTEST_CACHE_DIR" && "${DTEST_ARGV[@]}" >/dev/null && "${DTEST_ARGV[@]}" >/dev/null)
-    rm -rf "$WORK/history-$name" && mkdir -p "$WORK/history-$name"
-    cp -r "$dir/.dtest" "$WORK/history-$name/dtest"
-    cp -r "$DTEST_CACHE_DIR" "$WORK/history-$name/cache"
-    local d c h
-    d=$(q "$dir/.dtest") c=$(q "$DTEST_CACHE_DIR") h=$(q "$WORK/history-$name")
-    cmds+=(
-      -n "dtest -n 2, first run" --prepare "rm -rf $d $c" "$DTEST_CMD"
-      -n "dtest -n 2, history" --prepare "rm -rf $d $c && cp -r $h/dtest $d && cp -r $h/cache $c" "$DTEST_CMD"
-    )
-  fi
+  [[ $SKIP_DTEST == 1 ]] || dtest_commands cmds "$name" "$dir"
   log "hyperfine: $name ($runs runs each, warm-up 1)"
   (cd "$dir" && hyperfine --warmup 1 --runs "$runs" --export-json "$RESULTS/$name.json" "${cmds[@]}" >&2)
   if [[ $SKIP_DTEST != 1 ]]; then
