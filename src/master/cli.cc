@@ -190,6 +190,7 @@ int dtest_main(int argc_in, char** argv_in, std::ostream& out, std::ostream& err
   std::string dist;
   int quiet = 0, verbose = 0;
   std::string junitxml;
+  std::string report_log;
   bool continue_on_errors = false;
   double hello_timeout = 30;
   std::vector<std::string> rsyncdirs, rsyncignore;
@@ -213,6 +214,9 @@ int dtest_main(int argc_in, char** argv_in, std::ostream& out, std::ostream& err
   app.add_flag("-q,--quiet", quiet, "less output");
   app.add_flag("-v,--verbose", verbose, "one line per test");
   app.add_option("--junitxml", junitxml, "write a JUnit XML report to PATH");
+  app.add_option("--report-log", report_log,
+                 "write the run's events (gateways, each test's result, the summary) to PATH as JSON Lines, as "
+                 "they happen");
   app.add_flag("--continue-on-collection-errors", continue_on_errors,
                "run the tests that were collected even if some binaries failed to list");
   app.add_option("--gateway-timeout", hello_timeout, "seconds for a gateway's agent to say hello (default 30)");
@@ -477,6 +481,14 @@ int dtest_main(int argc_in, char** argv_in, std::ostream& out, std::ostream& err
   opts.dist = dist;
   opts.verbosity = verbose > 0 ? 1 : (quiet > 0 ? -1 : 0);
   opts.junitxml = junitxml;
+  if (!report_log.empty()) {
+    try {
+      opts.event_log = EventLog::open(report_log);
+    } catch (const std::exception& e) {
+      err << "dtest: error: " << e.what() << "\n";
+      return kExitUsageError;
+    }
+  }
   for (const auto& n : notes) out << "dtest: " << n << "\n";
   opts.testrunuid = random_uid();
   opts.continue_on_collection_errors = continue_on_errors;

@@ -333,6 +333,10 @@ struct Session::Impl {
   void shutdown();
   int finish(int forced_code);
   void send(int i, MsgKind k, nlohmann::json body);
+  void warn(const std::string& text) {
+    reporter.warning(text);
+    if (opts.event_log) opts.event_log->warning(text);
+  }
 };
 
 void Session::Impl::send(int i, MsgKind k, nlohmann::json body) {
@@ -513,7 +517,7 @@ void Session::Impl::on_synced(Event& e) {
     reporter.detail(fmt::format("[{}] rsync: {} entries, {} file(s) sent ({} as deltas), {} deleted; {} bytes on the wire",
                                 s.info.id, st.files, st.whole_files + st.delta_files, st.delta_files, st.deleted,
                                 st.bytes_out + st.bytes_in));
-    for (const auto& w : st.warnings) reporter.warning(fmt::format("[{}] rsync: {}", s.info.id, w));
+    for (const auto& w : st.warnings) warn(fmt::format("[{}] rsync: {}", s.info.id, w));
     for (int j : t.slots)
       if (slots[static_cast<std::size_t>(j)]->state == SlotState::syncing) setup_or_ready(j);
     return;
@@ -633,6 +637,7 @@ void Session::Impl::slot_down(int i, const std::string& why) {
   } else {
     reporter.gateway_failed(s.info);
   }
+  if (opts.event_log) opts.event_log->gateway_down(s.info, s.info.lost, requeued);
   // A place's setup.host moves to another of its gateways.
   if (s.place >= 0) {
     auto& h = host_setups[static_cast<std::size_t>(s.place)];
@@ -701,7 +706,7 @@ void Session::Impl::on_message(int i, const Message& m, std::size_t wire) {
     case MsgKind::events: return on_events(i, m);
     case MsgKind::batch_done: return on_batch_done(i, m);
     case MsgKind::log:
-      reporter.warning(fmt::format("[{}] agent: {}", s.info.id, m.body.value("message", "")));
+      warn(fmt::format("[{}] agent: {}", s.info.id, m.body.value("message", "")));
       return;
     default:
       throw ProtocolError("unexpected " + std::string(to_string(m.kind)) + " message from the agent");
@@ -719,6 +724,7 @@ void Session::Impl::on_hello(int i, const Message& m) {
   s.info.up = true;
   trace("{} hello", s.info.id);
   reporter.gateway_up(s.info);
+  if (opts.event_log) opts.event_log->gateway_up(s.info);
   if (s.sync >= 0 && !sync_targets[static_cast<std::size_t>(s.sync)].done) {
     auto& t = sync_targets[static_cast<std::size_t>(s.sync)];
     s.state = SlotState::syncing;
@@ -874,7 +880,7 @@ void Session::Impl::on_collected(int i, const Message& m) {
     }
     if (auto w = entry.find("warnings"); w != entry.end() && w->is_array())
       for (const auto& x : *w)
-        if (x.is_string()) reporter.warning(x.get<std::string>());
+        if (x.is_string()) warn(x.get<std::string>());
     // Errors beside a listing (pytest: a file that failed to import).
     if (auto e = entry.find("errors"); e != entry.end()) {
       if (!e->is_array()) throw ProtocolError("collected message: 'errors' is not a list");
@@ -953,6 +959,7 @@ void Session::Impl::record(int unit, int test, TestResult r) {
   if (slot) return;  // already has its one outcome
   slot = std::move(r);
   reporter.result(u, u.tests[static_cast<std::size_t>(test)], *slot);
+  if (opts.event_log) opts.event_log->test(u, u.tests[static_cast<std::size_t>(test)], *slot);
   const Outcome o = slot->outcome;
   if (opts.maxfail > 0 && (o == Outcome::failed || o == Outcome::crashed || o == Outcome::timeout) &&
       ++failures >= opts.maxfail)
@@ -1133,7 +1140,7 @@ int Session::Impl::start_run() {
     if (!first) first = &g;
   }
   if (!first) {
-    reporter.warning("no gateway came up; nothing was run");
+    warn("no gateway came up; nothing was run");
     return kExitInternalError;
   }
   if (!errors.empty()) {
@@ -1324,6 +1331,7 @@ int Session::Impl::start_run() {
       per_platform += fmt::format("{}{}: {}", per_platform.empty() ? "" : ", ", u.name,
                                   u.tests.size() / static_cast<std::size_t>(std::max(1, opts.count)));
   reporter.collected(collected, opts.binaries.size(), units.size(), all_gtest(), per_platform);
+  if (opts.event_log) opts.event_log->collected(total, units.size());
   if (opts.count > 1)
     reporter.note(fmt::format("--count {}: every test runs {} times ({} results)", opts.count, opts.count, total));
   if (total == 0) return kExitNoTests;
@@ -1436,7 +1444,7 @@ void Session::Impl::on_batch_done(int i, const Message& m) {
   // `unrun` is advisory: the scheduler requeues every test of the batch
   // that has no outcome, listed or not.
   if (auto se = m.body.find("spawn_error"); se != m.body.end())
-    reporter.warning(fmt::format("[{}] could not start a test process: {}", s.info.id, se->dump()));
+    warn(fmt::format("[{}] could not start a test process: {}", s.info.id, se->dump()));
   std::vector<int> give_up;
   if (f.sched_batch) {
     give_up = us.sched->batch_done(f.sched_batch, m.body.value("seconds", -1.0), m.body.value("startup", -1.0));
@@ -1489,7 +1497,7 @@ void Session::Impl::on_batch_done(int i, const Message& m) {
     const auto& bin = us.paths[static_cast<std::size_t>(us.binary_of[static_cast<std::size_t>(f.tests.front())])];
     run_errors.push_back(fmt::format("[{}] {} ended with {} outside any test:\n{}", s.info.id, bin, status,
                                      o->get<std::string>()));
-    reporter.warning(run_errors.back());
+    warn(run_errors.back());
   }
 }
 
@@ -1634,7 +1642,7 @@ int Session::Impl::finish(int forced_code) {
     try {
       write_junit(opts.junitxml, junit_xml(units, sum.seconds, host));
     } catch (const std::exception& e) {
-      reporter.warning(e.what());
+      warn(e.what());
       if (code < 0) code = kExitInternalError;
     }
   }
@@ -1667,6 +1675,7 @@ int Session::run() {
   std::size_t nslots = 0;
   for (const auto& s : im.opts.specs) nslots += static_cast<std::size_t>(s.count);
   im.reporter.session_start(im.opts.rootdir, nslots);
+  if (im.opts.event_log) im.opts.event_log->session_start(im.opts.testrunuid, im.opts.rootdir, nslots);
   im.start_slots();
   int code = -1;
   for (;;) {
@@ -1699,8 +1708,20 @@ int Session::run() {
     if (im.run_finished()) break;
   }
   im.shutdown();
-  const int rc = im.finish(code);
+  int rc = im.finish(code);
   if (im.opts.record && !im.units.empty()) im.record_run(rc);
+  if (auto& log = im.opts.event_log) {
+    std::map<Outcome, int> counts;
+    for (const auto& u : im.units)
+      for (const auto& r : u.results)
+        if (r) ++counts[r->outcome];
+    log->session_finish(rc, std::chrono::duration<double>(Clock::now() - im.t0).count(), counts);
+    // As for --junitxml: a report that could not be written is an error.
+    if (!log->ok()) {
+      im.reporter.warning(log->error());
+      if (rc == kExitOk || rc == kExitTestsFailed) rc = kExitInternalError;
+    }
+  }
   return rc;
 }
 
@@ -1725,7 +1746,7 @@ void Session::Impl::record_run(int exit_code) {
     Repository repo(opts.rootdir);
     repo.record_run(rec);
   } catch (const std::exception& e) {
-    reporter.warning(std::string("the run was not recorded in .dtest/: ") + e.what());
+    warn(std::string("the run was not recorded in .dtest/: ") + e.what());
   }
 }
 

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "gateway/gateway.h"
+#include "master/event_log.h"
 #include "master/model.h"
 #include "xspec/xspec.h"
 
@@ -39,6 +40,9 @@ struct RunOptions {
   std::vector<double> source_timeouts;
   int verbosity = 0;                      // -1 quiet, 0 normal, 1 verbose
   std::string junitxml;
+  // --report-log: the run's events as JSON Lines (shared by the sessions of
+  // --repeat-until-fail); null: none.
+  std::shared_ptr<EventLog> event_log;
   std::string rootdir;
   std::string testrunuid;
   bool continue_on_collection_errors = false;

@@ -7,6 +7,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -395,6 +397,7 @@ struct Harness {
   std::vector<Source> sources;
   bool continue_on_collection_errors = false;
   std::string setup_host, setup_worker;
+  std::shared_ptr<EventLog> event_log;
 
   int run(const std::vector<std::string>& specs, const std::string& dist = "load") {
     RunOptions o;
@@ -430,6 +433,7 @@ struct Harness {
     o.continue_on_collection_errors = continue_on_collection_errors;
     o.setup_host = setup_host;
     o.setup_worker = setup_worker;
+    o.event_log = event_log;
     session = std::make_unique<Session>(
         o,
         [this](const xspec::Spec& spec, const std::string& id) {
@@ -514,6 +518,52 @@ TEST(Session, LostGatewayRequeuesItsTestsOnTheOthers) {
   EXPECT_EQ(o.size(), 60u);
   for (const auto& [name, outcome] : o) EXPECT_EQ(outcome, Outcome::passed) << name;
   EXPECT_THAT(h.out.str(), HasSubstr("[gw1] gateway lost"));
+}
+
+// --report-log: the run as JSON Lines; every test's one outcome is in it
+// exactly once, and a lost gateway and the final exit code too.
+TEST(Session, TheReportLogHasEveryOutcomeOnceAndTheGatewaysAndTheExitCode) {
+  const std::string path = ::testing::TempDir() + "/session_report_log.jsonl";
+  Harness h;
+  h.script.binaries["a"] = passing("A", 40);
+  h.script.crash = {"A.T5"};
+  h.script.die_after_runs["gw1"] = 1;
+  h.script.hold_until_dead = "gw1";
+  h.event_log = EventLog::open(path);
+  const int code = h.run({"2*popen"});
+  EXPECT_EQ(code, kExitTestsFailed);
+  h.event_log.reset();
+  std::ifstream in(path);
+  std::vector<nlohmann::json> events;
+  for (std::string line; std::getline(in, line);) events.push_back(nlohmann::json::parse(line));
+  std::filesystem::remove(path);
+  ASSERT_GE(events.size(), 3u);
+  EXPECT_EQ(events.front()["event"], "session_start");
+  EXPECT_EQ(events.front()["testrunuid"], "uid");
+  EXPECT_EQ(events.back()["event"], "session_finish");
+  EXPECT_EQ(events.back()["exit_code"], code);
+  EXPECT_EQ(events.back()["counts"], (nlohmann::json{{"passed", 39}, {"crashed", 1}}));
+  std::map<std::string, std::string> outcomes;
+  std::set<std::string> up, lost;
+  for (const auto& e : events) {
+    if (e["event"] == "test") {
+      EXPECT_TRUE(outcomes.emplace(e["id"], e["outcome"]).second) << e["id"] << " twice";
+      EXPECT_FALSE(e["worker"].get<std::string>().empty()) << e.dump();
+    }
+    if (e["event"] == "gateway_up") up.insert(e["id"]);
+    if (e["event"] == "gateway_lost") {
+      lost.insert(e["id"]);
+      EXPECT_THAT(e["error"].get<std::string>(), HasSubstr("closed the connection"));
+    }
+    if (e["event"] == "collected") {
+      EXPECT_EQ(e["tests"], 40);
+    }
+  }
+  EXPECT_EQ(up, (std::set<std::string>{"gw0", "gw1"}));
+  EXPECT_EQ(lost, std::set<std::string>{"gw1"});
+  const auto o = h.outcomes();
+  ASSERT_EQ(outcomes.size(), o.size());
+  for (const auto& [name, outcome] : o) EXPECT_EQ(outcomes["a::" + name], std::string(to_string(outcome))) << name;
 }
 
 TEST(Session, WithNoGatewayLeftTheRestIsNotRunWithAReason) {

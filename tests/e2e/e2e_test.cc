@@ -796,6 +796,47 @@ TEST_F(e2e, DistNoRunsSeriallyOnOneGateway) {
 // 6. JUnit XML
 // ===========================================================================
 
+// --report-log: one JSON object a line; the tests' events say what -v says,
+// once each, between session_start and session_finish (with the exit code).
+TEST_F(e2e, ReportLogHasEveryResultAsJsonLines) {
+  const std::string log = tmp_ + "/logs/run.jsonl";  // parent dirs are created
+  const ProcResult r = run({"-n", "2", "-v", "--report-log", log, kPass, kMixed});
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 1) << describe(r);
+  std::ifstream in(log);
+  ASSERT_TRUE(in) << log;
+  std::vector<nlohmann::json> events;
+  for (std::string line; std::getline(in, line);) {
+    auto e = nlohmann::json::parse(line, nullptr, false);
+    ASSERT_FALSE(e.is_discarded()) << "not JSON: " << line;
+    events.push_back(std::move(e));
+  }
+  ASSERT_GE(events.size(), 2u);
+  EXPECT_EQ(events.front()["event"], "session_start");
+  EXPECT_EQ(events.back()["event"], "session_finish");
+  EXPECT_EQ(events.back()["exit_code"], 1);
+  std::map<std::string, std::string> logged;
+  int gateways_up = 0;
+  for (const auto& e : events) {
+    if (e["event"] == "gateway_up") ++gateways_up;
+    if (e["event"] != "test") continue;
+    EXPECT_TRUE(logged.emplace(e["id"], e["outcome"]).second) << e["id"] << " twice";
+  }
+  EXPECT_EQ(gateways_up, 2);
+  std::map<std::string, std::string> shown;
+  for (const auto& l : parse_verbose(r.out)) shown[l.id] = l.outcome;
+  EXPECT_EQ(logged.size(), 66u);
+  EXPECT_EQ(logged, shown);
+}
+
+TEST_F(e2e, ReportLogThatCannotBeWrittenIsAUsageError) {
+  std::ofstream(tmp_ + "/plain") << "a file, not a folder\n";
+  const ProcResult r = run({"-n", "2", "--report-log", tmp_ + "/plain/run.jsonl", kPass});
+  EXPECT_EQ(r.exit_code, 4) << describe(r);
+  EXPECT_NE(r.err.find("--report-log: cannot write " + tmp_ + "/plain/run.jsonl"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out.find("passed"), std::string::npos) << r.out;
+}
+
 TEST_F(e2e, JUnitXmlIsWellFormedWithCorrectCounts) {
   const std::string xml = tmp_ + "/sub/dir/report.xml";  // parent dirs are created
   const ProcResult r = run({"-n", "2", "--junitxml", xml, kPass, kMixed});
