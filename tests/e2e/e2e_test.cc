@@ -829,6 +829,31 @@ TEST_F(e2e, ReportLogHasEveryResultAsJsonLines) {
   EXPECT_EQ(logged, shown);
 }
 
+// --repeat-until-fail: every session's events, one after the other, in the
+// one file.
+TEST_F(e2e, ReportLogKeepsEverySessionOfRepeatUntilFail) {
+  const std::string log = tmp_ + "/repeat.jsonl";
+  const ProcResult r = run({"-n", "2", "--repeat-until-fail", "2", "--report-log", log, kPass});
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  std::ifstream in(log);
+  std::vector<std::string> kinds;
+  std::set<std::string> uids;
+  int tests = 0;
+  for (std::string line; std::getline(in, line);) {
+    const auto e = nlohmann::json::parse(line);
+    const std::string kind = e["event"];
+    if (kind == "test") {
+      ++tests;
+      continue;
+    }
+    if (kind == "session_start") uids.insert(e["testrunuid"].get<std::string>());
+    if (kind == "session_start" || kind == "session_finish") kinds.push_back(kind);
+  }
+  EXPECT_EQ(kinds, (std::vector<std::string>{"session_start", "session_finish", "session_start", "session_finish"}));
+  EXPECT_EQ(uids.size(), 2u);
+  EXPECT_EQ(tests, 2 * 34);
+}
+
 TEST_F(e2e, ReportLogThatCannotBeWrittenIsAUsageError) {
   std::ofstream(tmp_ + "/plain") << "a file, not a folder\n";
   const ProcResult r = run({"-n", "2", "--report-log", tmp_ + "/plain/run.jsonl", kPass});
