@@ -7,7 +7,7 @@ pkgs=(
   libboost1.81-dev nlohmann-json3-dev libzstd-dev libxxhash-dev
   libcli11-dev libfmt-dev libgtest-dev libgmock-dev googletest libssl-dev libsqlite3-dev
   libtomlplusplus-dev libpugixml-dev
-  python3 python3-pytest
+  python3 python3-pytest python3-pytest-cov
   openssh-server openssh-client libssh-dev iproute2
 )
 if [[ "${1:-}" == "--bench" ]]; then pkgs+=(hyperfine python3-pytest python3-pytest-xdist rsync); fi

@@ -560,6 +560,16 @@ int dtest_main(int argc_in, char** argv_in, std::ostream& out, std::ostream& err
   }
   ::sigaction(SIGINT, &old_int, nullptr);
   ::sigaction(SIGTERM, &old_term, nullptr);
+  // pytest-cov has no controller process to combine and report under dtest
+  // (docs/design.md, "Suite kinds"): say where the data is.
+  bool cov = false;
+  for (std::size_t k = 0; k < opts.kinds.size(); ++k)
+    if (opts.kinds[k] == "pytest" && opts.descriptors[k].contains("args"))
+      for (const auto& a : opts.descriptors[k]["args"])
+        if (a.is_string() && a.get<std::string>().rfind("--cov", 0) == 0) cov = true;
+  if (cov)
+    out << "dtest: pytest-cov: each pytest worker saved its coverage data as .coverage.* files in its folder "
+           "(on its host); `coverage combine` merges them, then `coverage report` (or html, xml) reports\n";
   return code;
 }
 

@@ -481,6 +481,64 @@ TEST_F(Frameworks, XdistVariablesNameTheWorkerThatRanTheTest) {
   }
 }
 
+// pytest-cov: each worker saves its data (the lines traced before its session
+// started too); `coverage combine` of them reports what pytest-xdist's
+// controller reports for the same run, line for line.
+TEST_F(Frameworks, PytestCovDataOfEveryWorkerCombinesToWhatXdistReports) {
+  REQUIRE_PYTEST();
+  {
+    RunOptions o;
+    o.timeout = 60;
+    ASSERT_EQ(dtest::testing::run_process({kPython, "-c", "import pytest_cov, xdist"}, o).exit_code, 0)
+        << "scripts/deps.sh installs python3-pytest-cov and python3-pytest-xdist";
+  }
+  // The parallel data files (.coverage.*) in `dir`.
+  auto data_files = [](const std::string& dir) {
+    int n = 0;
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.path().filename().string().rfind(".coverage.", 0) == 0) ++n;
+    return n;
+  };
+  // The coverage table, by `coverage report -m` in `dir` (after combining
+  // the parallel data files there, if any), less its header and rules.
+  auto report = [&](const std::string& dir) {
+    if (data_files(dir) > 0) {
+      const ProcResult c = run({kPython, "-m", "coverage", "combine"}, dir);
+      EXPECT_EQ(c.exit_code, 0) << describe(c);
+    }
+    const ProcResult c = run({kPython, "-m", "coverage", "report", "-m"}, dir);
+    EXPECT_EQ(c.exit_code, 0) << describe(c);
+    std::vector<std::string> rows;
+    for (const auto& l : split_lines(c.out))
+      if (!l.empty() && l[0] != '-' && l.rfind("Name", 0) != 0) rows.push_back(l);
+    return rows;
+  };
+  const std::string p = project("pytest_cov_project");
+  const ProcResult r = dtest({"--tx", kPy2, "-q", "--", "--cov=."}, p);
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_TRUE(contains(r.out, "dtest: pytest-cov: each pytest worker saved its coverage data")) << r.out;
+  EXPECT_GE(data_files(p), 2);  // two workers at least; three or four with their early data
+  const auto got = report(p);
+
+  const std::string x = project("pytest_cov_project", "xdist");
+  const ProcResult xr = run({kPython, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--cov=.",
+                             "--cov-report="},
+                            x);
+  EXPECT_EQ(xr.exit_code, 0) << describe(xr);
+  const auto want = report(x);
+  ASSERT_FALSE(want.empty());
+  EXPECT_EQ(got, want);
+  // The package's module-level lines, run when the conftest imported it,
+  // are in: only the bodies never run are missed.
+  bool calc_row = false;
+  for (const auto& row : want)
+    if (row.rfind("calc/__init__.py", 0) == 0) {
+      calc_row = true;
+      EXPECT_TRUE(std::regex_search(row, std::regex(R"(\s9\s+2\s+78%\s+11, 16$)"))) << row;
+    }
+  EXPECT_TRUE(calc_row) << ::testing::PrintToString(want);
+}
+
 // ===========================================================================
 // 5. Config files
 // ===========================================================================

@@ -30,6 +30,7 @@ hosts: it must import nothing but the standard library and pytest.
 import io
 import json
 import os
+import socket
 import sys
 import time
 import traceback
@@ -184,6 +185,13 @@ def _prepare(config):
             "workercount": count,
             "testrunuid": os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex,
             "mainargv": list(sys.argv),
+            # What pytest-cov's controller would hand an xdist worker on its
+            # own host: the worker then saves its coverage data as a
+            # .coverage.* file (coverage's parallel mode) for `coverage
+            # combine` to merge; there is no controller to report.
+            "cov_master_host": socket.gethostname(),
+            "cov_master_topdir": os.getcwd(),
+            "cov_master_rsync_roots": [],
         }
         config.workeroutput = {}
 
@@ -219,6 +227,39 @@ def pytest_configure(config):
     config.pluginmanager.register(_DtestPlugin(config, mode, channel), _PLUGIN_NAME)
     if not config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_fallback_fixtures(), _PLUGIN_NAME + "-worker-fixtures")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session):
+    # pytest-cov started a central controller before the conftests loaded
+    # (nothing said "xdist" yet); at this hook it starts its xdist-worker
+    # controller instead and would drop what the first one traced (the
+    # conftests' imports, and what they import). Keep that too, as one more
+    # parallel data file for `coverage combine`, saved at the end: every
+    # worker's early controller erases the parallel files when it starts.
+    # (Under xdist the controller process traces those lines.)
+    config = session.config
+    if _state["owner"] is not config or getattr(config, "workerinput", None) is None:
+        return
+    ctl = getattr(config.pluginmanager.get_plugin("_cov"), "cov_controller", None)
+    if ctl is None or type(ctl).__name__ != "Central":
+        return
+    try:
+        ctl.cov.stop()
+        ctl.unset_env()
+        _state["early_cov"] = ctl.cov
+    except Exception as e:  # a pytest-cov this was not written for: say so, go on
+        sys.stderr.write("dtest: pytest-cov's early coverage data is lost: %r\n" % (e,))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session):
+    cov = _state.pop("early_cov", None)
+    if cov is not None:
+        try:
+            cov.save()
+        except Exception as e:
+            sys.stderr.write("dtest: pytest-cov's early coverage data is lost: %r\n" % (e,))
 
 
 @pytest.hookimpl(trylast=True)
