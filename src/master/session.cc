@@ -115,6 +115,7 @@ struct Slot {
   GatewayInfo info;
   xspec::Spec spec;
   std::string group_key;  // gateways with equal keys collect once
+  std::string host;       // the machine it runs on (host_of), for weighted tests
   std::unique_ptr<gateway::Gateway> gw;
   std::mutex gw_mu;       // guards `gw` while the reader thread installs it
   std::thread reader;
@@ -319,7 +320,12 @@ struct Session::Impl {
   bool dispatch_heavy(int slot);
   std::int64_t send_batch(int slot, InFlight f, nlohmann::json names, std::optional<std::pair<int, int>> shard = {});
   void send_single(int slot, int test, std::vector<int> reserved);
-  void requeue_single(int unit, int test, bool front);
+  void requeue(int unit, int test, bool front);
+  // Drops the tests at the front of `q` that got their outcome meanwhile.
+  void drop_settled(int unit, std::deque<int>& q) const {
+    const auto& results = units[static_cast<std::size_t>(unit)].results;
+    while (!q.empty() && results[static_cast<std::size_t>(q.front())]) q.pop_front();
+  }
   void release(const InFlight& f, std::int64_t id);
   const std::string& gtest_name(int unit, int test) const {
     const auto& us = ustate[static_cast<std::size_t>(unit)];
@@ -331,7 +337,10 @@ struct Session::Impl {
   void interrupt(const std::string& why);
   void stop_run();
   void shutdown();
+  // The closing report, JUnit XML, the run repository, the report log's
+  // last line; the run's exit code.
   int finish(int forced_code);
+  int outcome_code(const Summary& sum) const;
   void send(int i, MsgKind k, nlohmann::json body);
   void warn(const std::string& text) {
     reporter.warning(text);
@@ -358,6 +367,7 @@ void Session::Impl::start_slots() {
       s->info.spec = spec.original;
       s->spec = spec;
       s->group_key = group_key_of(spec);
+      s->host = host_of(spec);
       s->started = Clock::now();
       slots.push_back(std::move(s));
       ++n;
@@ -621,7 +631,7 @@ void Session::Impl::slot_down(int i, const std::string& why) {
         // serial or heavy one in its own queue, at the front).
         for (std::size_t k = 0; k < f.tests.size(); ++k)
           if (!f.got[k] && !units[static_cast<std::size_t>(f.unit)].results[static_cast<std::size_t>(f.tests[k])]) {
-            if (f.single) requeue_single(f.unit, f.tests[k], true);
+            if (f.single) requeue(f.unit, f.tests[k], true);
             else us.retry_queue.push_back(f.tests[k]);
             ++requeued;
           }
@@ -981,7 +991,7 @@ void Session::Impl::on_result(int unit, int test, TestResult r) {
                                 units[static_cast<std::size_t>(unit)].tests[t].id(), to_string(r.outcome), used,
                                 opts.retries));
     us.last_failure[t] = std::move(r);
-    requeue_single(unit, test, false);
+    requeue(unit, test, false);
     return;
   }
   if (used > 0 && r.outcome == Outcome::passed && us.last_failure[t]) {
@@ -1083,7 +1093,7 @@ void Session::Impl::send_single(int i, int test, std::vector<int> reserved) {
 
 // A serial or heavy test that was not reached (or awaits a retry) waits in
 // its own queue again; any other test waits for a retry batch.
-void Session::Impl::requeue_single(int unit, int test, bool front) {
+void Session::Impl::requeue(int unit, int test, bool front) {
   auto& us = ustate[static_cast<std::size_t>(unit)];
   const auto& tc = units[static_cast<std::size_t>(unit)].tests[static_cast<std::size_t>(test)];
   auto& q = tc.serial ? us.serial_queue : tc.weight > 1 ? us.heavy_queue : us.retry_queue;
@@ -1107,16 +1117,14 @@ bool Session::Impl::dispatch_heavy(int i) {
   auto& s = *slots[static_cast<std::size_t>(i)];
   auto& us = ustate[static_cast<std::size_t>(s.unit)];
   const auto& u = units[static_cast<std::size_t>(s.unit)];
-  while (!us.heavy_queue.empty() && u.results[static_cast<std::size_t>(us.heavy_queue.front())])
-    us.heavy_queue.pop_front();  // settled meanwhile
+  drop_settled(s.unit, us.heavy_queue);
   if (us.heavy_queue.empty() || stop_requested) return false;
   const int test = us.heavy_queue.front();
-  const std::string host = host_of(s.spec);
   std::vector<int> idle;
   int live = 0;
   for (int w : us.workers) {
     const auto& o = *slots[static_cast<std::size_t>(w)];
-    if (o.state == SlotState::dead || o.unit != s.unit || host_of(o.spec) != host) continue;
+    if (o.state == SlotState::dead || o.unit != s.unit || o.host != s.host) continue;
     ++live;
     if (w != i && o.state == SlotState::ready && !o.batch && !o.reserved_for) idle.push_back(w);
   }
@@ -1356,9 +1364,7 @@ void Session::Impl::dispatch() {
     auto b = us.sched->next(static_cast<int>(i));
     if (!b) {
       // RUN_SERIAL: one at a time, when the unit has nothing else to do.
-      const auto& results = units[static_cast<std::size_t>(s.unit)].results;
-      while (!us.serial_queue.empty() && results[static_cast<std::size_t>(us.serial_queue.front())])
-        us.serial_queue.pop_front();  // settled meanwhile
+      drop_settled(s.unit, us.serial_queue);
       if (us.serial_queue.empty() || !us.sched->empty() || !us.retry_queue.empty() || !us.heavy_queue.empty() ||
           stop_requested)
         continue;
@@ -1454,7 +1460,7 @@ void Session::Impl::on_batch_done(int i, const Message& m) {
     // kMaxAttempts times; one awaiting a retry then keeps its failure.
     const int t = f.tests[0];
     if (!f.got[0] && !units[static_cast<std::size_t>(f.unit)].results[static_cast<std::size_t>(t)]) {
-      if (++us.single_attempts[t] < Scheduler::kMaxAttempts) requeue_single(f.unit, t, true);
+      if (++us.single_attempts[t] < Scheduler::kMaxAttempts) requeue(f.unit, t, true);
       else if (us.last_failure[static_cast<std::size_t>(t)]) settle(f.unit, t, {});
       else give_up.push_back(t);
     }
@@ -1646,7 +1652,22 @@ int Session::Impl::finish(int forced_code) {
       if (code < 0) code = kExitInternalError;
     }
   }
-  if (code >= 0) return code;
+  if (code < 0) code = outcome_code(sum);
+  if (opts.record && !units.empty()) record_run(code);
+  if (auto& log = opts.event_log) {
+    log->session_finish(code, sum.seconds, sum.counts);
+    // As for --junitxml: a report that could not be written is an error.
+    if (!log->ok()) {
+      reporter.warning(log->error());
+      if (code == kExitOk || code == kExitTestsFailed) code = kExitInternalError;
+    }
+  }
+  return code;
+}
+
+// The exit code the outcomes make: interrupted, a failing outcome (or a
+// flaky one under --flaky-fails), a failure outside any test, or all well.
+int Session::Impl::outcome_code(const Summary& sum) const {
   if (interrupted) return kExitInterrupted;
   for (const auto& [o, n] : sum.counts)
     if (n > 0 && (is_failure(o) || (o == Outcome::flaky && opts.flaky_fails))) return kExitTestsFailed;
@@ -1708,21 +1729,7 @@ int Session::run() {
     if (im.run_finished()) break;
   }
   im.shutdown();
-  int rc = im.finish(code);
-  if (im.opts.record && !im.units.empty()) im.record_run(rc);
-  if (auto& log = im.opts.event_log) {
-    std::map<Outcome, int> counts;
-    for (const auto& u : im.units)
-      for (const auto& r : u.results)
-        if (r) ++counts[r->outcome];
-    log->session_finish(rc, std::chrono::duration<double>(Clock::now() - im.t0).count(), counts);
-    // As for --junitxml: a report that could not be written is an error.
-    if (!log->ok()) {
-      im.reporter.warning(log->error());
-      if (rc == kExitOk || rc == kExitTestsFailed) rc = kExitInternalError;
-    }
-  }
-  return rc;
+  return im.finish(code);
 }
 
 void Session::Impl::record_run(int exit_code) {
