@@ -29,6 +29,7 @@
 
 #include <pugixml.hpp>
 
+#include "support/command_suite.h"
 #include "support/files.h"
 #include "support/subprocess.h"
 #include "support/text.h"
@@ -48,6 +49,8 @@ using dtest::testing::read_file;
 using dtest::testing::RunOptions;
 using dtest::testing::split_lines;
 using dtest::testing::write_file;
+using dtest::testing::kCommandSuiteOutcomes;
+using dtest::testing::kCommandSuiteToml;
 
 const std::string kDtest = DTEST_BIN;
 const std::string kAgent = DTEST_AGENT_BIN;
@@ -805,27 +808,10 @@ TEST_F(Frameworks, CtestProcessorsAndRunSerialHoldWorkers) {
 
 TEST_F(Frameworks, CommandSuitesTapAndFiles) {
   const std::string p = project("command_suite");
-  write_file(p + "/dtest.toml", R"([[suite]]
-kind = "command"
-name = "tap"
-list = "./list.sh"
-run = "./run_tap.sh {ids}"
-format = "tap"
-
-[[suite]]
-kind = "command"
-name = "files"
-files = ["cases/*.sh"]
-run = "sh {file}"
-)");
+  write_file(p + "/dtest.toml", kCommandSuiteToml);
   const ProcResult r = dtest({"-n", "2", "-v"}, p);
   EXPECT_EQ(r.exit_code, 1) << describe(r);
-  const std::map<std::string, std::string> want = {
-      {"tap::pass_one", "passed"},           {"tap::pass_two", "passed"},
-      {"tap::fails", "failed"},              {"tap::skips", "skipped"},
-      {"files::cases/pass_one.sh", "passed"}, {"files::cases/pass_two.sh", "passed"},
-      {"files::cases/fails.sh", "failed"},   {"files::cases/skips.sh", "skipped"}};
-  EXPECT_EQ(outcomes(r.out), want) << r.out;
+  EXPECT_EQ(outcomes(r.out), kCommandSuiteOutcomes) << r.out;
   // What the failing case printed reaches the report, both ways.
   EXPECT_TRUE(contains(failure_block(r.out, "tap::fails"), "expected 2, got 3")) << r.out;
   EXPECT_TRUE(contains(failure_block(r.out, "files::cases/fails.sh"), "expected 2, got 3")) << r.out;

@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "support/command_suite.h"
 #include "support/files.h"
 #include "support/sshd.h"
 #include "support/subprocess.h"
@@ -39,6 +40,8 @@ using dtest::testing::contains;
 using dtest::testing::copy_tree;
 using dtest::testing::describe;
 using dtest::testing::holders;
+using dtest::testing::kCommandSuiteOutcomes;
+using dtest::testing::kCommandSuiteToml;
 using dtest::testing::outcomes;  // id -> outcome of the -v lines ("passed", ...)
 using dtest::testing::ProcResult;
 using dtest::testing::read_file;
@@ -290,19 +293,7 @@ TEST_F(FrameworksSsh, CtestBuildTreeRunsFromTheRemoteCopy) {
 
 TEST_F(FrameworksSsh, CommandSuitesOverSshMatchPopen) {
   const std::string p = project("command_suite");
-  write_file(p + "/dtest.toml", R"([[suite]]
-kind = "command"
-name = "tap"
-list = "./list.sh"
-run = "./run_tap.sh {ids}"
-format = "tap"
-
-[[suite]]
-kind = "command"
-name = "files"
-files = ["cases/*.sh"]
-run = "sh {file}"
-
+  write_file(p + "/dtest.toml", kCommandSuiteToml + R"(
 [[suite]]
 kind = "command"
 name = "where"
@@ -312,12 +303,8 @@ run = "pwd > ran_here.txt"
   const ProcResult local = dtest({"-v", "--tx", "2*popen"}, p);
   EXPECT_EQ(local.exit_code, 1) << describe(local);
   const auto want = outcomes(local.out);
-  const std::map<std::string, std::string> expected = {
-      {"tap::pass_one", "passed"},           {"tap::pass_two", "passed"},
-      {"tap::fails", "failed"},              {"tap::skips", "skipped"},
-      {"files::cases/pass_one.sh", "passed"}, {"files::cases/pass_two.sh", "passed"},
-      {"files::cases/fails.sh", "failed"},   {"files::cases/skips.sh", "skipped"},
-      {"where::here", "passed"}};
+  auto expected = kCommandSuiteOutcomes;
+  expected.emplace("where::here", "passed");
   EXPECT_EQ(want, expected) << local.out;
   remove_markers("ran_here.txt");
 
